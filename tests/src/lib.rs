@@ -1,0 +1,80 @@
+//! Shared helpers of the end-to-end test package: where the oracle fixtures live and how to read
+//! them. The tests themselves are in `tests/tests/`.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `tests/fixtures/hf-oracle` (copied from transformers/TRL outputs; see its README).
+pub fn oracle_dir() -> PathBuf {
+    workspace_root().join("tests/fixtures/hf-oracle")
+}
+
+/// The oracle's `expected.json`.
+pub fn expected() -> Value {
+    let p = oracle_dir().join("expected.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).expect("expected.json is valid JSON")
+}
+
+/// The SmolLM2 GGUF fetched by `cargo xtask fetch smollm2`, if present.
+pub fn smollm2_path() -> Option<PathBuf> {
+    let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent; run `cargo xtask fetch smollm2` (CI does)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// A JSON array of numbers, flattened (any nesting).
+pub fn flat_f32(v: &Value) -> Vec<f32> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Number(n) => out.push(n.as_f64().expect("number") as f32),
+            other => panic!("expected a number, found {other}"),
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// A JSON array of arrays of integers.
+pub fn ids2(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array().expect("array").iter().map(ids1).collect()
+}
+
+/// A JSON array of integers.
+pub fn ids1(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("integer") as u32)
+        .collect()
+}
+
+/// Largest absolute difference between two equally long slices.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
