@@ -1,1 +1,314 @@
-fn main() {}
+//! `rlhf`: the command-line front end of rlhf-rs.
+//!
+//! Every subcommand chooses its burn device through `rlhf-backend` (`--backend`), loads models
+//! through `rlhf-model` and tokenizers through `rlhf-data`; nothing here re-implements them.
+//! Output formats of `score` and `generate` are a contract documented in docs/cli.md.
+
+mod assets;
+mod bench;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use clap::{Parser, Subcommand};
+use rlhf_backend::BackendKind;
+use rlhf_model::AttentionMask;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "rlhf", version, about = "Preference optimisation and RLHF on burn")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// An HF model folder (config.json + model.safetensors [+ tokenizer.json]) or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Execution backend: cpu (Flex), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Per-position next-token log-probs of a sequence, and the top-k logits of its last position.
+    Score {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
+        ids: Option<Vec<u32>>,
+        /// Text, tokenized with the model's tokenizer (no special tokens added).
+        #[arg(long)]
+        text: Option<String>,
+        /// How many of the last position's logits to show.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Print one JSON object (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a continuation with the KV-cache sampler.
+    Generate {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Prompt text (tokenized without adding special tokens; see --chat).
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        prompt: Option<String>,
+        /// Prompt token ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        /// Wrap --prompt as one user turn in the model's ChatML template.
+        #[arg(long)]
+        chat: bool,
+        /// Number of tokens to generate at most.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Greedy decoding (the default when no --temperature is given).
+        #[arg(long, conflicts_with = "temperature")]
+        greedy: bool,
+        /// Sampling temperature.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Keep only the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Nucleus sampling threshold.
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Do not stop at the model's EOS token.
+        #[arg(long)]
+        no_eos: bool,
+        /// Print one JSON object (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Numerical check of the theory: SimPO as maximum-entropy RL, on bandits.
+    Theory {
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Throughput benchmarks (forward, training step, sampling).
+    Bench {
+        /// Execution backend.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// Fewer repetitions (smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Also measure SmolLM2 from this GGUF file.
+        #[arg(long)]
+        smollm2: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Score {
+            m,
+            ids,
+            text,
+            top_k,
+            json,
+        } => score(&m, ids, text, top_k, json),
+        Cmd::Generate {
+            m,
+            prompt,
+            ids,
+            chat,
+            max_new_tokens,
+            greedy,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            no_eos,
+            json,
+        } => {
+            let sampling = if greedy || temperature.is_none() {
+                if top_k.is_some() || top_p.is_some() {
+                    bail!("--top-k/--top-p need --temperature (greedy decoding ignores them)");
+                }
+                rlhf_rollout::Sampling::Greedy
+            } else {
+                rlhf_rollout::Sampling::Sample {
+                    temperature: temperature.unwrap_or(1.0),
+                    top_k,
+                    top_p,
+                    min_p: None,
+                }
+            };
+            generate(
+                &m,
+                prompt,
+                ids,
+                chat,
+                max_new_tokens,
+                sampling,
+                seed,
+                no_eos,
+                json,
+            )
+        }
+        Cmd::Theory { seed } => {
+            let report = rlhf_objectives::theory::run(seed);
+            println!("{report}");
+            if !report.all_passed() {
+                bail!("a theory claim failed its tolerance");
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            backend,
+            quick,
+            smollm2,
+            json,
+        } => bench::run(&bench::BenchArgs {
+            backend,
+            quick,
+            smollm2,
+            json,
+        }),
+    }
+}
+
+fn score(m: &ModelArgs, ids: Option<Vec<u32>>, text: Option<String>, top_k: usize, json: bool) -> Result<()> {
+    let device = rlhf_backend::device(m.backend)?;
+    let assets = assets::load(&m.model, &device)?;
+    let ids = match (ids, text) {
+        (Some(ids), _) => ids,
+        (None, Some(text)) => assets.tokenizer()?.encode(&text, false)?,
+        (None, None) => bail!("give --ids or --text"),
+    };
+    if ids.is_empty() {
+        bail!("the sequence is empty");
+    }
+    let vocab = assets.model.config().vocab_size;
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        bail!("token id {bad} is outside the model's vocabulary (size {vocab})");
+    }
+    let t = ids.len();
+    let input = Tensor::<2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&x| x as i64).collect(), [1, t]),
+        &device,
+    );
+    let logits = assets
+        .model
+        .forward(input, &AttentionMask::full(1, t), None);
+    let last = logits.clone().narrow(1, t - 1, 1).reshape([vocab]);
+    let k = top_k.min(vocab);
+    let (vals, idx) = last.topk_with_indices(k, 0);
+    let top_logits: Vec<f32> = vals.into_data().try_into_vec_as::<f32>()?;
+    let top_ids: Vec<i64> = idx.into_data().try_into_vec_as::<i64>()?;
+    let lps: Vec<f32> = if t > 1 {
+        let lp = log_softmax(logits.narrow(1, 0, t - 1), 2);
+        let next = Tensor::<2, Int>::from_data(
+            TensorData::new(ids[1..].iter().map(|&x| x as i64).collect(), [1, t - 1]),
+            &device,
+        );
+        lp.gather(2, next.unsqueeze_dim::<3>(2))
+            .into_data()
+            .try_into_vec_as::<f32>()?
+    } else {
+        Vec::new()
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"ids": ids, "next_token_logprobs": lps,
+                   "top_k": {"ids": top_ids, "logits": top_logits}})
+        );
+        return Ok(());
+    }
+    let tok = assets.tokenizer().ok();
+    let show = |id: u32| -> String {
+        tok.and_then(|t| t.decode(&[id], false).ok())
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_default()
+    };
+    println!("{:>5} {:>8} {:>14}  token", "pos", "id", "logp(next)");
+    for (i, &id) in ids.iter().enumerate() {
+        let lp = if i > 0 { format!("{:.6}", lps[i - 1]) } else { "-".into() };
+        println!("{i:>5} {id:>8} {lp:>14}  {}", show(id));
+    }
+    if !lps.is_empty() {
+        println!("sum of log-probs: {:.6}", lps.iter().map(|&x| x as f64).sum::<f64>());
+    }
+    println!("\ntop-{k} logits at the last position:");
+    for (id, l) in top_ids.iter().zip(&top_logits) {
+        println!("{:>8} {:>12.5}  {}", id, l, show(*id as u32));
+    }
+    Ok(())
+}
+
+fn generate(
+    m: &ModelArgs,
+    prompt: Option<String>,
+    ids: Option<Vec<u32>>,
+    chat: bool,
+    max_new_tokens: usize,
+    sampling: rlhf_rollout::Sampling,
+    seed: u64,
+    no_eos: bool,
+    json: bool,
+) -> Result<()> {
+    let device = rlhf_backend::device(m.backend)?;
+    let assets = assets::load(&m.model, &device)?;
+    let prompt_ids = match (ids, prompt) {
+        (Some(ids), _) => ids,
+        (None, Some(text)) => {
+            let tok = assets.tokenizer()?;
+            let text = if chat { assets::chat_prompt(&text) } else { text };
+            tok.encode(&text, false)?
+        }
+        (None, None) => bail!("give --prompt or --ids"),
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut stop = Vec::new();
+    if !no_eos {
+        stop.extend(assets.model.config().eos_token_id);
+    }
+    let cfg = rlhf_rollout::GenerationConfig {
+        sampling,
+        max_new_tokens,
+        stop_token_ids: stop,
+        samples_per_prompt: 1,
+        seed,
+    };
+    cfg.validate().context("generation settings")?;
+    let samples = rlhf_rollout::generate(&assets.model, std::slice::from_ref(&prompt_ids), &cfg);
+    let s = &samples[0];
+    let text = match assets.tokenizer() {
+        Ok(t) => t.decode(&s.response_ids, false)?,
+        Err(_) => String::new(),
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"prompt_ids": prompt_ids, "response_ids": s.response_ids, "text": text})
+        );
+    } else {
+        println!("{text}");
+        eprintln!(
+            "[{} tokens{}]",
+            s.response_ids.len(),
+            if s.finished { ", stopped" } else { "" }
+        );
+    }
+    Ok(())
+}

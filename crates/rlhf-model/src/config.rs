@@ -136,7 +136,7 @@ impl ModelConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 {
             return bad("num_attention_heads", "a positive integer".into());
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_key_value_heads",
                 format!("a divisor of num_attention_heads ({})", self.num_heads),

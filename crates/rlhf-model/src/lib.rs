@@ -9,12 +9,14 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod ids;
 pub mod mask;
 pub mod model;
 pub mod weights;
 
 pub use config::{Activation, Architecture, HeadKind, ModelConfig};
 pub use error::ModelError;
+pub use ids::with_stable_ids;
 pub use mask::AttentionMask;
 pub use model::{CausalLm, Decoder, KvCache, RewardModel, ValueHead, gather_rows};
 pub use weights::{

@@ -455,12 +455,28 @@ pub struct ValueHead {
 impl ValueHead {
     /// A zero-initialised value head (values start at 0).
     pub fn zeros(d: usize, device: &Device) -> Self {
-        Self {
-            proj: Linear {
-                weight: Param::from_tensor(Tensor::zeros([d, 1], device)),
-                bias: Some(Param::from_tensor(Tensor::zeros([1], device))),
+        crate::ids::with_stable_ids(
+            Self {
+                proj: Linear {
+                    weight: Param::from_tensor(Tensor::zeros([d, 1], device)),
+                    bias: Some(Param::from_tensor(Tensor::zeros([1], device))),
+                },
             },
-        }
+            2,
+        )
+    }
+
+    /// A value head from its weight `[d, 1]` and bias `[1]`.
+    pub fn from_tensors(weight: Tensor<2>, bias: Tensor<1>) -> Self {
+        crate::ids::with_stable_ids(
+            Self {
+                proj: Linear {
+                    weight: Param::from_tensor(weight),
+                    bias: Some(Param::from_tensor(bias)),
+                },
+            },
+            2,
+        )
     }
 
     /// Values `[B, T]`.

@@ -438,10 +438,13 @@ pub fn causal_lm_from_map(
         Some(ld.linear(&w, None))
     };
     ld.finish(strict)?;
-    Ok(CausalLm {
-        decoder,
-        head: LmHead { proj },
-    })
+    Ok(crate::ids::with_stable_ids(
+        CausalLm {
+            decoder,
+            head: LmHead { proj },
+        },
+        0,
+    ))
 }
 
 /// Builds a reward model from a weight map. When the map has no `score.weight` (a causal-LM
@@ -469,7 +472,10 @@ pub fn reward_model_from_map(
         HostTensor::new(vec![1, d], normal_vec(&mut rng, d, 0.02))
     };
     let score = ld.linear(&w, None);
-    Ok(RewardModel { decoder, score })
+    Ok(crate::ids::with_stable_ids(
+        RewardModel { decoder, score },
+        1,
+    ))
 }
 
 /// The decoder's tensors in HF names and layout.

@@ -1,0 +1,109 @@
+//! Pieces the trainers share: deterministic batch order, the gradient step with its guard, and
+//! saving/loading a causal LM with its optimiser.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rlhf_model::{CausalLm, Checkpoint, HeadKind, save_hf};
+
+use crate::batch::scalar;
+use crate::error::TrainError;
+use crate::optim::{Optimizer, global_grad_norm};
+use crate::runner::check_finite;
+
+/// SplitMix64: mixes a seed with stream indices into an independent seed.
+pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The example indices of batch `step`: epochs are seeded shuffles of `0..n`, and batch `step`
+/// takes the next `batch` indices (wrapping into the next epoch). A function of (seed, step).
+pub fn batch_indices(n: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
+    assert!(n > 0, "empty data set");
+    let start = step * batch;
+    let mut out = Vec::with_capacity(batch);
+    let mut epoch = start / n;
+    let mut perm = epoch_perm(n, seed, epoch);
+    let mut pos = start % n;
+    while out.len() < batch {
+        if pos == n {
+            epoch += 1;
+            perm = epoch_perm(n, seed, epoch);
+            pos = 0;
+        }
+        out.push(perm[pos]);
+        pos += 1;
+    }
+    out
+}
+
+fn epoch_perm(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, 0xE90C, epoch as u64));
+    v.shuffle(&mut rng);
+    v
+}
+
+/// Backward, global grad norm, finiteness checks, clipping, optimiser step. Returns the new
+/// module and (loss, grad_norm, lr).
+pub fn optimise<M: Module>(
+    stage: &str,
+    step: usize,
+    module: M,
+    optim: &mut Optimizer,
+    loss: Tensor<1>,
+) -> Result<(M, f64, f64, f64), TrainError> {
+    let loss_v = scalar(loss.clone());
+    check_finite(stage, step, "loss", loss_v)?;
+    let grads = loss.backward();
+    let mut g = GradientsParams::from_grads(grads, &module);
+    let norm = global_grad_norm(&module, &g).map(scalar).unwrap_or(0.0);
+    check_finite(stage, step, "grad_norm", norm)?;
+    optim.clip(&module, &mut g, norm);
+    let lr = optim.lr(step);
+    let module = optim.step(step, module, g);
+    Ok((module, loss_v, norm, lr))
+}
+
+/// Saves a causal LM (HF layout) and its optimiser into `dir`.
+pub fn save_policy(dir: &Path, model: &CausalLm, optim: Option<&Optimizer>) -> Result<(), TrainError> {
+    save_hf(
+        &dir.join("model"),
+        model.config(),
+        HeadKind::CausalLm,
+        &model.to_weight_map(),
+    )?;
+    if let Some(o) = optim {
+        o.save(&dir.join("optimizer.bpk"))?;
+    }
+    Ok(())
+}
+
+/// Loads a causal LM saved by [`save_policy`] onto `device`.
+pub fn load_policy(dir: &Path, device: &Device) -> Result<CausalLm, TrainError> {
+    Ok(Checkpoint::open(&dir.join("model"))?.causal_lm(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_each_epoch_once_and_are_deterministic() {
+        let n = 10;
+        let mut seen: Vec<usize> = (0..5).flat_map(|s| batch_indices(n, 2, 7, s)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(batch_indices(n, 3, 7, 4), batch_indices(n, 3, 7, 4));
+        assert_ne!(batch_indices(n, 3, 7, 0), batch_indices(n, 3, 8, 0));
+        assert_eq!(batch_indices(3, 5, 1, 0).len(), 5);
+    }
+}

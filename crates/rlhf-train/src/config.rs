@@ -1,0 +1,572 @@
+//! Run configuration: one TOML file per run, every field documented and defaulted.
+//!
+//! Loading goes: TOML text -> `--set key=value` overrides applied to the parsed table -> typed
+//! struct (serde, `deny_unknown_fields`, so a misspelt key is an error naming it) -> semantic
+//! validation ([`Validate`]) naming the field and the expected range. All of it happens before
+//! any compute; the resolved config is saved in the run folder.
+
+use std::path::Path;
+
+use rlhf_objectives::{PpoConfig, PreferenceLoss, Regularizer, RewardModelLoss};
+use rlhf_rollout::Sampling;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Constant after warm-up.
+    Constant,
+    /// Linear decay to zero over the run after warm-up (TRL's default).
+    #[default]
+    Linear,
+}
+
+/// AdamW and gradient clipping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (AdamW).
+    pub weight_decay: f64,
+    /// Adam beta1.
+    pub beta1: f64,
+    /// Adam beta2.
+    pub beta2: f64,
+    /// Adam epsilon (1e-5 as in the TL;DR RLHF code bases).
+    pub eps: f64,
+    /// Clip the global gradient norm to this value (`0` disables clipping).
+    pub max_grad_norm: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-5,
+            max_grad_norm: 1.0,
+            warmup_steps: 0,
+            schedule: Schedule::Linear,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rate at `step` (0-based) of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if self.warmup_steps > 0 && step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Linear => {
+                let span = total.saturating_sub(self.warmup_steps).max(1);
+                let done = step.saturating_sub(self.warmup_steps);
+                self.lr * (1.0 - done as f64 / span as f64).max(0.0)
+            }
+        }
+    }
+}
+
+/// Supervised fine-tuning (prompt-masked next-token loss).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// The optimiser.
+    pub optim: OptimConfig,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            steps: 300,
+            batch_size: 32,
+            optim: OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 10,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+/// Reward-model training (Bradley–Terry on pairs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// The loss (margin, reward centring).
+    pub loss: RewardModelLoss,
+    /// Fraction of the pairs held out to report accuracy.
+    pub eval_fraction: f64,
+    /// The optimiser.
+    pub optim: OptimConfig,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch_size: 32,
+            loss: RewardModelLoss::default(),
+            eval_fraction: 0.2,
+            optim: OptimConfig {
+                lr: 1e-3,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+/// Offline preference optimisation (DPO, SimPO, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    /// The objective.
+    pub loss: PreferenceLoss,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// Compute the reference log-probs of the whole data set once before training, so the
+    /// reference model need not stay in memory (otherwise: once per batch).
+    pub precompute_reference: bool,
+    /// The optimiser.
+    pub optim: OptimConfig,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        Self {
+            loss: PreferenceLoss::Dpo { beta: 0.1 },
+            steps: 200,
+            batch_size: 32,
+            precompute_reference: true,
+            optim: OptimConfig {
+                lr: 5e-4,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+/// The online policy-gradient algorithm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Algorithm {
+    /// REINFORCE with the leave-one-out baseline over `k` samples per prompt (TRL RLOO).
+    Rloo,
+    /// Group-normalised advantages (GRPO-style): (r - mean) / std within the group.
+    Grpo {
+        /// Divide by the group's standard deviation (false: Dr. GRPO).
+        #[serde(default = "yes")]
+        scale_by_std: bool,
+    },
+    /// PPO with a value head, GAE, several epochs and minibatches per rollout.
+    Ppo {
+        /// Passes over each rollout batch.
+        #[serde(default = "four")]
+        epochs: usize,
+        /// Minibatches per pass.
+        #[serde(default = "one_usize")]
+        minibatches: usize,
+        /// Clip ranges, value coefficient, GAE parameters.
+        #[serde(default)]
+        ppo: PpoConfig,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+fn four() -> usize {
+    4
+}
+fn one_usize() -> usize {
+    1
+}
+
+/// Evaluation on held-out prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate every this many steps (and at the start and the end).
+    pub every: usize,
+    /// Held-out prompts evaluated.
+    pub num_prompts: usize,
+    /// How evaluation responses are decoded.
+    pub decoding: EvalDecoding,
+    /// Write sample completions to samples.jsonl every this many steps (0: only at evaluations).
+    pub samples_every: usize,
+    /// Completions written per evaluation.
+    pub num_samples: usize,
+}
+
+/// Decoding used for evaluation responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalDecoding {
+    /// Greedy (as TRL's win-rate evaluation).
+    #[default]
+    Greedy,
+    /// Sampled with the training sampler.
+    Sampled,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 10,
+            num_prompts: 64,
+            decoding: EvalDecoding::Greedy,
+            samples_every: 0,
+            num_samples: 4,
+        }
+    }
+}
+
+/// Online RLHF against a reward model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnlineConfig {
+    /// RLOO (default), GRPO-style or PPO.
+    pub algorithm: Algorithm,
+    /// KL penalty, entropy bonus, both or none. KL to the reference is logged in every case.
+    pub regularizer: Regularizer,
+    /// Subtracted from the score of responses without EOS (1.0 in the TL;DR setup; 0 disables).
+    pub missing_eos_penalty: f64,
+    /// Samples per prompt (RLOO's k).
+    pub samples_per_prompt: usize,
+    /// Prompts per step (episodes per step = prompts × samples).
+    pub prompts_per_step: usize,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// How rollouts are sampled (temperature 0.7 in the TL;DR setup).
+    pub sampling: Sampling,
+    /// Response length limit (53 in the TL;DR setup).
+    pub max_new_tokens: usize,
+    /// The optimiser.
+    pub optim: OptimConfig,
+    /// Evaluation schedule.
+    pub eval: EvalConfig,
+}
+
+impl Default for OnlineConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Rloo,
+            regularizer: Regularizer::default(),
+            missing_eos_penalty: 1.0,
+            samples_per_prompt: 2,
+            prompts_per_step: 16,
+            steps: 100,
+            sampling: Sampling::temperature(0.7),
+            max_new_tokens: 24,
+            optim: OptimConfig {
+                lr: 1e-4,
+                schedule: Schedule::Constant,
+                ..OptimConfig::default()
+            },
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+/// Semantic checks that serde cannot express.
+pub trait Validate {
+    /// Returns an error naming the first field (dotted path under `prefix`) out of range.
+    fn validate(&self, prefix: &str) -> Result<(), TrainError>;
+}
+
+fn bad(prefix: &str, field: &str, value: impl ToString, expected: &str) -> TrainError {
+    TrainError::Config {
+        field: if prefix.is_empty() {
+            field.to_string()
+        } else {
+            format!("{prefix}.{field}")
+        },
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+fn positive(prefix: &str, field: &str, v: usize) -> Result<(), TrainError> {
+    if v == 0 {
+        return Err(bad(prefix, field, v, "an integer >= 1"));
+    }
+    Ok(())
+}
+
+impl Validate for OptimConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad(p, "lr", self.lr, "a finite number > 0"));
+        }
+        if !(0.0..1.0).contains(&self.beta1) {
+            return Err(bad(p, "beta1", self.beta1, "a number in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return Err(bad(p, "beta2", self.beta2, "a number in [0, 1)"));
+        }
+        if !(self.eps > 0.0) {
+            return Err(bad(p, "eps", self.eps, "a number > 0"));
+        }
+        if !(self.weight_decay >= 0.0) {
+            return Err(bad(p, "weight_decay", self.weight_decay, "a number >= 0"));
+        }
+        if !(self.max_grad_norm >= 0.0) {
+            return Err(bad(p, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables)"));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for SftConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        positive(p, "steps", self.steps)?;
+        positive(p, "batch_size", self.batch_size)?;
+        self.optim.validate(&join(p, "optim"))
+    }
+}
+
+impl Validate for RewardConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        positive(p, "steps", self.steps)?;
+        positive(p, "batch_size", self.batch_size)?;
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(bad(p, "eval_fraction", self.eval_fraction, "a number in [0, 1)"));
+        }
+        self.optim.validate(&join(p, "optim"))
+    }
+}
+
+impl Validate for OfflineConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        positive(p, "steps", self.steps)?;
+        positive(p, "batch_size", self.batch_size)?;
+        self.optim.validate(&join(p, "optim"))
+    }
+}
+
+impl Validate for OnlineConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        positive(p, "steps", self.steps)?;
+        positive(p, "prompts_per_step", self.prompts_per_step)?;
+        positive(p, "samples_per_prompt", self.samples_per_prompt)?;
+        positive(p, "max_new_tokens", self.max_new_tokens)?;
+        if matches!(self.algorithm, Algorithm::Rloo | Algorithm::Grpo { .. })
+            && self.samples_per_prompt < 2
+        {
+            return Err(bad(
+                p,
+                "samples_per_prompt",
+                self.samples_per_prompt,
+                "at least 2 for RLOO/GRPO (the baseline uses the other samples of the group)",
+            ));
+        }
+        if let Algorithm::Ppo {
+            epochs,
+            minibatches,
+            ..
+        } = &self.algorithm
+        {
+            positive(&join(p, "algorithm"), "epochs", *epochs)?;
+            positive(&join(p, "algorithm"), "minibatches", *minibatches)?;
+            let batch = self.prompts_per_step * self.samples_per_prompt;
+            if batch % minibatches != 0 {
+                return Err(bad(
+                    &join(p, "algorithm"),
+                    "minibatches",
+                    minibatches,
+                    &format!("a divisor of prompts_per_step × samples_per_prompt ({batch})"),
+                ));
+            }
+        }
+        if !(self.missing_eos_penalty >= 0.0) {
+            return Err(bad(p, "missing_eos_penalty", self.missing_eos_penalty, "a number >= 0"));
+        }
+        let generation = rlhf_rollout::GenerationConfig {
+            sampling: self.sampling,
+            max_new_tokens: self.max_new_tokens,
+            stop_token_ids: Vec::new(),
+            samples_per_prompt: self.samples_per_prompt,
+            seed: 0,
+        };
+        generation.validate().map_err(|e| bad(p, "sampling", "", &e.to_string()))?;
+        positive(&join(p, "eval"), "every", self.eval.every)?;
+        positive(&join(p, "eval"), "num_prompts", self.eval.num_prompts)?;
+        self.optim.validate(&join(p, "optim"))
+    }
+}
+
+fn join(p: &str, f: &str) -> String {
+    if p.is_empty() {
+        f.to_string()
+    } else {
+        format!("{p}.{f}")
+    }
+}
+
+/// Applies `key.path=value` overrides to a parsed TOML table. The value is parsed as a TOML
+/// value (`1e-6`, `true`, `"text"`, `{ type = "kl" }`, `[1, 2]`), falling back to a bare string.
+pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<(), TrainError> {
+    for ov in overrides {
+        let (key, raw) = ov.split_once('=').ok_or_else(|| TrainError::Override {
+            given: ov.clone(),
+            why: "expected key.path=value".into(),
+        })?;
+        let key = key.trim();
+        let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) => t.remove("v").expect("parsed"),
+            Err(_) => toml::Value::String(raw.trim().to_string()),
+        };
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(TrainError::Override {
+                given: ov.clone(),
+                why: "empty key segment".into(),
+            });
+        }
+        let mut cur = &mut *table;
+        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+            let entry = cur
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                other => {
+                    return Err(TrainError::Override {
+                        given: ov.clone(),
+                        why: format!(
+                            "`{}` is a {}, not a table",
+                            parts[..=i].join("."),
+                            other.type_str()
+                        ),
+                    });
+                }
+            };
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
+/// Reads a TOML config of type `T` from `text` (`source` names it in errors), with overrides.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source: &str,
+    overrides: &[String],
+) -> Result<T, TrainError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::ConfigParse {
+        source_name: source.into(),
+        message: e.to_string(),
+    })?;
+    apply_overrides(&mut table, overrides)?;
+    let text = toml::to_string(&table).expect("a table serialises");
+    toml::from_str(&text).map_err(|e| TrainError::ConfigParse {
+        source_name: if overrides.is_empty() {
+            source.into()
+        } else {
+            format!("{source} (after --set overrides)")
+        },
+        message: e.to_string(),
+    })
+}
+
+/// Reads a TOML config file with overrides.
+pub fn load_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.into(),
+        source,
+    })?;
+    parse_config(&text, &path.display().to_string(), overrides)
+}
+
+/// The TOML text of a config (what is saved as `config.toml` in the run folder).
+pub fn to_toml<T: Serialize>(cfg: &T) -> String {
+    toml::to_string_pretty(cfg).expect("configs serialise to TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_roundtrip_through_toml() {
+        let cfg = OnlineConfig::default();
+        let text = to_toml(&cfg);
+        let back: OnlineConfig = parse_config(&text, "x", &[]).unwrap();
+        assert_eq!(cfg, back);
+        cfg.validate("online").unwrap();
+    }
+
+    #[test]
+    fn overrides_reach_nested_fields() {
+        let cfg: OnlineConfig = parse_config(
+            "",
+            "x",
+            &[
+                "optim.lr=1e-6".into(),
+                "regularizer={ type = \"entropy\", form = \"sequence\", alpha = 0.2 }".into(),
+                "samples_per_prompt=4".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.optim.lr, 1e-6);
+        assert_eq!(cfg.samples_per_prompt, 4);
+        assert!(matches!(cfg.regularizer, Regularizer::Entropy(_)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_config::<OnlineConfig>("", "run.toml", &["optim.lrr=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lrr") && e.contains("run.toml"), "{e}");
+        let e = parse_config::<OnlineConfig>("steps = \"ten\"", "run.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("steps"), "{e}");
+        let cfg: OnlineConfig = parse_config("", "x", &["optim.lr=-1".into()]).unwrap();
+        let e = cfg.validate("online").unwrap_err().to_string();
+        assert!(e.contains("online.optim.lr"), "{e}");
+        let e = parse_config::<OnlineConfig>("", "x", &["optim".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key.path=value"), "{e}");
+    }
+
+    #[test]
+    fn linear_schedule_with_warmup() {
+        let o = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 2,
+            schedule: Schedule::Linear,
+            ..Default::default()
+        };
+        assert_eq!(o.lr_at(0, 10), 0.5);
+        assert_eq!(o.lr_at(1, 10), 1.0);
+        assert_eq!(o.lr_at(2, 10), 1.0);
+        assert!((o.lr_at(6, 10) - 0.5).abs() < 1e-12);
+    }
+}

