@@ -56,7 +56,7 @@ impl Default for KlPenalty {
     }
 }
 
-/// The entropy bonus of MaxEnt RLHF, in one of the forms study.md leaves open. TOML:
+/// The entropy bonus of MaxEnt RLHF, in one of the forms the study leaves open. TOML:
 /// `{ form = "sequence", alpha = 0.05 }`. Default alpha 0.05 (project choice: the KL default, so
 /// that `-beta KL = beta H + beta E[log pi_ref]` compares like with like).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

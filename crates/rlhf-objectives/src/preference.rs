@@ -44,11 +44,13 @@ fn default_orpo_lambda() -> f64 {
 pub enum SimpoMargin {
     /// Absolute margin `gamma` (TRL `CPOConfig.simpo_gamma`).
     Gamma(f64),
-    /// `gamma = ratio * beta` (the SimPO code base's `gamma_beta_ratio`, 0.25–0.55 in its recipes).
+    /// `gamma = ratio * beta` (the SimPO code base's `gamma_beta_ratio`; 0.25–0.55 in its
+    /// recipes).
     GammaBetaRatio(f64),
-    /// The exact repair of study.md §1: a per-pair margin `gamma_pair = beta (1/|y_l| - 1/|y_w|)`
-    /// derived from the length-weighted entropy `sum_y (beta/|y|) pi(y) log pi(y)` instead of a
-    /// constant `gamma`. Zero when the lengths are equal.
+    /// The exact repair of the length-dependent temperature (docs/theory.md): a per-pair
+    /// margin `gamma_pair = beta (1/|y_l| - 1/|y_w|)` derived from the length-weighted entropy
+    /// `sum_y (beta/|y|) pi(y) log pi(y)` instead of a constant `gamma`. Zero when the lengths
+    /// are equal.
     LengthWeightedEntropy,
 }
 
@@ -59,7 +61,8 @@ impl Default for SimpoMargin {
 }
 
 impl SimpoMargin {
-    /// The constant margin for a given beta; `None` for the per-pair [`SimpoMargin::LengthWeightedEntropy`].
+    /// The constant margin for a given beta; `None` for the per-pair
+    /// [`SimpoMargin::LengthWeightedEntropy`].
     pub fn gamma(self, beta: f64) -> Option<f64> {
         match self {
             SimpoMargin::Gamma(g) => Some(g),
@@ -116,8 +119,8 @@ pub enum PreferenceLoss {
         #[serde(default)]
         margin: SimpoMargin,
     },
-    /// Maximum-entropy Bradley–Terry (study.md §1): SimPO without length normalisation and
-    /// without margin, `-log sigmoid(alpha (log pi(y_w) - log pi(y_l)))`. Default alpha 0.1.
+    /// Maximum-entropy Bradley–Terry (arXiv 2509.20265, docs/theory.md): SimPO without length
+    /// normalisation and without margin, `-log sigmoid(alpha (log pi(y_w) - log pi(y_l)))`. Default alpha 0.1.
     MaxEntBt {
         #[serde(default = "default_maxent_alpha")]
         alpha: f64,

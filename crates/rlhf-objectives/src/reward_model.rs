@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn gradient_matches_closed_form() {
-        // dL/dr_w = [-sigmoid(-(r_w - r_l - m)) + 2c (r_w + r_l)] / B, dL/dr_l = [sigmoid(..) + 2c (r_w + r_l)] / B
+        // dL/dr_w = [-sigmoid(-(r_w - r_l - m)) + 2c (r_w + r_l)] / B
+        // dL/dr_l = [sigmoid(-(r_w - r_l - m)) + 2c (r_w + r_l)] / B
         let dev = grad_device();
         let rw = tensor1(&dev, &[1.0, -0.5]).require_grad();
         let rl = tensor1(&dev, &[0.2, 0.5]).require_grad();

@@ -189,7 +189,8 @@ impl SequenceLogps<1> {
     }
 }
 
-/// Full-vocabulary entropy per position: `H_t = -sum_v p_t(v) log p_t(v)`, `p_t = softmax(logits_t)`.
+/// Full-vocabulary entropy per position: `H_t = -sum_v p_t(v) log p_t(v)`,
+/// `p_t = softmax(logits_t)`.
 ///
 /// # Shapes
 /// - logits: `[B, T, V]`; output: `[B, T]`

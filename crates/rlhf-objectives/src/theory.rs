@@ -1,4 +1,5 @@
-//! The theory of study.md §1, checked numerically on a bandit with a known reward.
+//! The theory of the study (SimPO as maximum-entropy RL, arXiv 2509.20265), checked numerically
+//! on a bandit with a known reward.
 //!
 //! One prompt, `N` responses with rewards `r_i`, lengths `|y_i|` and a reference policy; the
 //! policy is `pi = softmax(theta)`. Each claim is measured with this crate's own losses and
@@ -64,7 +65,7 @@ impl Claim {
     }
 
     /// Whether the measurement is within the tolerance (NaN fails).
-    pub fn pass(&self) -> bool {
+    pub fn passed(&self) -> bool {
         match self.bound {
             Bound::AtMost => self.measured <= self.tolerance,
             Bound::AtLeast => self.measured >= self.tolerance,
@@ -101,8 +102,8 @@ impl TheoryReport {
     }
 
     /// Whether every claim passes.
-    pub fn all_pass(&self) -> bool {
-        self.claims().all(Claim::pass)
+    pub fn all_passed(&self) -> bool {
+        self.claims().all(Claim::passed)
     }
 }
 
@@ -133,15 +134,15 @@ impl fmt::Display for TheoryReport {
                 writeln!(
                     f,
                     "| {} | {:.3e} | {op} {:.0e} | {} |",
-                    c.statement,
+                    c.statement.replace('|', "\\|"),
                     c.measured,
                     c.tolerance,
-                    if c.pass() { "PASS" } else { "FAIL" }
+                    if c.passed() { "PASS" } else { "FAIL" }
                 )?;
             }
         }
         let n = self.claims().count();
-        let passed = self.claims().filter(|c| c.pass()).count();
+        let passed = self.claims().filter(|c| c.passed()).count();
         writeln!(f)?;
         writeln!(
             f,
@@ -470,7 +471,7 @@ pub fn run(seed: u64) -> TheoryReport {
         let logp = sampled.fit(&device, maxent, &lengths, None);
         let (slope, resid) = linear_fit(&r, &logp);
         notes.push(format!(
-            "MaxEnt-BT (alpha = {alpha}): predicted log pi = r / alpha - log Z, scale 1/alpha = {}; fitted scale {slope:.4}, residual {resid:.2e}",
+            "MaxEnt-BT (alpha = {alpha}): predicted log pi = r / alpha - log Z, scale 1/alpha = {}; fitted scale {slope:.4}, largest deviation of log pi from the fitted line {resid:.2e}",
             1.0 / alpha
         ));
         claims.push(Claim::at_most(
@@ -502,7 +503,7 @@ pub fn run(seed: u64) -> TheoryReport {
         let logp = sampled.fit(&device, simpo, &equal, None);
         let (slope, resid) = linear_fit(&r, &logp);
         notes.push(format!(
-            "SimPO (beta = {beta}, |y| = {len} for all, gamma = 0): predicted scale |y|/beta = {}; fitted scale {slope:.4}, residual {resid:.2e}",
+            "SimPO (beta = {beta}, |y| = {len} for all, gamma = 0): predicted scale |y|/beta = {}; fitted scale {slope:.4}, largest deviation of log pi from the fitted line {resid:.2e}",
             len / beta
         ));
         claims.push(Claim::at_most(
@@ -706,14 +707,14 @@ mod tests {
         assert!(report.claims().count() >= 10);
         for c in report.claims() {
             assert!(
-                c.pass(),
+                c.passed(),
                 "FAIL: {} measured {} tolerance {}",
                 c.statement,
                 c.measured,
                 c.tolerance
             );
         }
-        assert!(report.all_pass());
+        assert!(report.all_passed());
         assert!(report.to_string().contains("PASS"));
     }
 
