@@ -73,8 +73,77 @@ pub fn ids1(v: &Value) -> Vec<u32> {
 /// If the lengths differ.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
+    // `f32::max` ignores NaN, so NaN is mapped to infinity first: a NaN output must fail.
     a.iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() { f32::INFINITY } else { d }
+        })
         .fold(0.0, f32::max)
+}
+
+/// `configs/` (the preset stage files).
+pub fn configs_dir() -> PathBuf {
+    workspace_root().join("configs")
+}
+
+/// A fresh, empty scratch folder for one test (removed first if a previous run left it).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("rlhf-tests-{}-{name}", std::process::id()));
+    if p.exists() {
+        std::fs::remove_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    p
+}
+
+/// The keys every online training line carries (docs/metrics.md); PPO adds `loss/value_avg`.
+pub const ONLINE_METRICS_CONTRACT: &[&str] = &[
+    "episode",
+    "step",
+    "lr",
+    "grad_norm",
+    "loss",
+    "objective/scores",
+    "objective/kl",
+    "objective/kl_exact",
+    "objective/entropy",
+    "policy/entropy_avg",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "gold/score",
+    "gold/win_rate",
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "val/ratio",
+    "val/num_eos_tokens",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "time/rollout_s",
+    "time/update_s",
+    "perf/tokens_per_s",
+];
+
+/// Whether a metrics key measures wall-clock time (`time/*`, `perf/*`, under any `eval/`
+/// prefix): the only keys allowed to differ between an interrupted-and-resumed run and an
+/// uninterrupted one.
+pub fn is_wallclock_key(key: &str) -> bool {
+    let k = key.strip_prefix("eval/").unwrap_or(key);
+    k.starts_with("time/") || k.starts_with("perf/")
+}
+
+/// The lines of a `metrics.jsonl` text with exactly the wall-clock keys removed, each
+/// re-serialised (keys stay in the file's sorted order, numbers keep their exact text form).
+pub fn without_wallclock(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            v.as_object_mut()
+                .expect("a metrics line is an object")
+                .retain(|k, _| !is_wallclock_key(k));
+            v.to_string()
+        })
+        .collect()
 }

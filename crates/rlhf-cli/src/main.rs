@@ -91,6 +91,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the built-in study (SFT, reward model, DPO/SimPO, online RLOO arms) and write a report.
+    Study {
+        /// A TOML study config (default: the built-in study).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config field: `--set online.steps=50` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The reduced study (about 2 minutes on 2 cores).
+        #[arg(long)]
+        quick: bool,
+        /// No live progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Numerical check of the theory: SimPO as maximum-entropy RL, on bandits.
     Theory {
         /// Seed.
@@ -163,6 +178,12 @@ fn main() -> Result<()> {
                 json,
             )
         }
+        Cmd::Study {
+            config,
+            sets,
+            quick,
+            quiet,
+        } => study(config, &sets, quick, quiet),
         Cmd::Theory { seed } => {
             let report = rlhf_objectives::theory::run(seed);
             println!("{report}");
@@ -310,5 +331,26 @@ fn generate(
             if s.finished { ", stopped" } else { "" }
         );
     }
+    Ok(())
+}
+
+fn study(config: Option<PathBuf>, sets: &[String], quick: bool, quiet: bool) -> Result<()> {
+    use rlhf_train::{StudyConfig, parse_config, to_toml};
+    let (text, source) = match &config {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (to_toml(&StudyConfig::default()), "<built-in study>".to_string()),
+    };
+    let mut cfg: StudyConfig = parse_config(&text, &source, &[])?;
+    if quick {
+        cfg = cfg.quick();
+    }
+    if !sets.is_empty() {
+        cfg = parse_config(&to_toml(&cfg), &source, sets)?;
+    }
+    let out = rlhf_train::run_study(cfg, !quiet)?;
+    println!("report: {}", out.report.display());
     Ok(())
 }

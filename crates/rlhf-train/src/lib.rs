@@ -15,13 +15,16 @@ pub mod metrics;
 pub mod offline;
 pub mod online;
 pub mod optim;
+pub mod report;
 pub mod reward;
 pub mod runner;
 pub mod sft;
+pub mod study;
 
 pub use config::{
     Algorithm, EvalConfig, EvalDecoding, OfflineConfig, OnlineConfig, OptimConfig, RewardConfig,
-    Schedule, SftConfig, Validate, apply_overrides, load_config, parse_config, to_toml,
+    Schedule, SftConfig, StageConfig, Validate, apply_overrides, load_config, load_stage_config,
+    parse_config, parse_stage_config, to_toml,
 };
 pub use error::TrainError;
 pub use metrics::{Metrics, MetricsLog, read_metrics};
@@ -31,3 +34,4 @@ pub use optim::Optimizer;
 pub use reward::{PairExample, RewardTrainer};
 pub use runner::{RunOptions, Stage, run_stage};
 pub use sft::{SftExample, SftTrainer};
+pub use study::{Arm, DataSizes, ModelSize, StudyConfig, StudyOutput, run_study};

@@ -110,9 +110,11 @@ pub fn live_line(stage: &str, step: usize, m: &Metrics) -> String {
         "eval/accuracy",
         "completions/mean_length",
     ] {
-        if let Some(v) = m.get(key) {
-            let short = key.rsplit('/').next().unwrap_or(key);
-            s.push_str(&format!("  {short} {v:.4}"));
+        for (k, tag) in [(key.to_string(), ""), (format!("eval/{key}"), "eval ")] {
+            if let Some(v) = m.get(&k) {
+                let short = key.rsplit('/').next().unwrap_or(key);
+                s.push_str(&format!("  {tag}{short} {v:.4}"));
+            }
         }
     }
     s
