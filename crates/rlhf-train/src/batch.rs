@@ -109,10 +109,7 @@ mod tests {
         let dev = Device::flex();
         let b = SeqBatch::new(&[&[1, 2], &[3]], &[&[4, 5], &[6, 7, 8]], 0, &dev);
         assert_eq!(b.ids.dims(), [2, 4]);
-        assert_eq!(
-            to_vec(b.target_mask.clone()),
-            vec![0., 1., 1., 1., 1., 1.]
-        );
+        assert_eq!(to_vec(b.target_mask.clone()), vec![0., 1., 1., 1., 1., 1.]);
         assert_eq!(b.mask.lengths(), vec![4, 4]);
         let b = SeqBatch::new(&[&[1, 2, 3]], &[&[4]], 0, &dev);
         assert_eq!(to_vec(b.target_mask), vec![0., 0., 1.]);

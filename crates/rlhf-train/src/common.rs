@@ -9,7 +9,7 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use rlhf_model::{CausalLm, Checkpoint, HeadKind, save_hf};
+use rlhf_model::{CausalLm, Checkpoint, HeadKind, WeightMap, save_hf};
 
 use crate::batch::scalar;
 use crate::error::TrainError;
@@ -18,7 +18,8 @@ use crate::runner::check_finite;
 
 /// SplitMix64: mixes a seed with stream indices into an independent seed.
 pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -73,14 +74,55 @@ pub fn optimise<M: Module>(
     Ok((module, loss_v, norm, lr))
 }
 
-/// Saves a causal LM (HF layout) and its optimiser into `dir`.
-pub fn save_policy(dir: &Path, model: &CausalLm, optim: Option<&Optimizer>) -> Result<(), TrainError> {
-    save_hf(
-        &dir.join("model"),
-        model.config(),
-        HeadKind::CausalLm,
-        &model.to_weight_map(),
-    )?;
+/// Refuses weights with a NaN or infinite value: an update that finished with a finite loss
+/// and gradient norm can still leave a parameter non-finite (an absurd learning rate), and a
+/// checkpoint of such weights would replace the last good one. The error's stage and step are
+/// filled in by the runner.
+pub fn check_weights_finite(map: &WeightMap) -> Result<(), TrainError> {
+    for (name, t) in map {
+        if let Some(&v) = t.data.iter().find(|v| !v.is_finite()) {
+            return Err(TrainError::NonFinite {
+                stage: String::new(),
+                step: 0,
+                quantity: format!("parameter {name}"),
+                value: v as f64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every token id of `seqs` must be below `vocab_size`; `what` names the data in the error
+/// (e.g. `"SFT example"`), `model` the model whose vocabulary it is.
+pub fn check_token_ids<'a>(
+    what: &str,
+    model: &str,
+    vocab_size: usize,
+    seqs: impl IntoIterator<Item = (usize, &'a [u32])>,
+) -> Result<(), TrainError> {
+    for (i, ids) in seqs {
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "{what} {i}: token id {t} is outside the {model}'s vocabulary of {vocab_size} \
+                     (tokenizer and model do not match)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Saves a causal LM (HF layout) and its optimiser into `dir`. Fails with
+/// [`TrainError::NonFinite`] (and writes nothing) when a weight is not finite.
+pub fn save_policy(
+    dir: &Path,
+    model: &CausalLm,
+    optim: Option<&Optimizer>,
+) -> Result<(), TrainError> {
+    let map = model.to_weight_map();
+    check_weights_finite(&map)?;
+    save_hf(&dir.join("model"), model.config(), HeadKind::CausalLm, &map)?;
     if let Some(o) = optim {
         o.save(&dir.join("optimizer.bpk"))?;
     }

@@ -4,10 +4,17 @@
 //! struct (serde, `deny_unknown_fields`, so a misspelt key is an error naming it) -> semantic
 //! validation ([`Validate`]) naming the field and the expected range. All of it happens before
 //! any compute; the resolved config is saved in the run folder.
+//!
+//! Two file forms: a bare table of one config type ([`load_config`], the type chosen by the
+//! caller), and a *stage file* ([`load_stage_config`], the presets in `configs/`) whose single
+//! top-level table names its type: `[sft]`, `[reward]`, `[offline]` or `[online]`
+//! (docs/configuration.md).
 
 use std::path::Path;
 
-use rlhf_objectives::{PpoConfig, PreferenceLoss, Regularizer, RewardModelLoss};
+use rlhf_objectives::{
+    EntropyBonus, KlPenalty, PpoConfig, PreferenceLoss, Regularizer, RewardModelLoss, SimpoMargin,
+};
 use rlhf_rollout::Sampling;
 use serde::{Deserialize, Serialize};
 
@@ -325,16 +332,106 @@ impl Validate for OptimConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return Err(bad(p, "beta2", self.beta2, "a number in [0, 1)"));
         }
-        if !(self.eps > 0.0) {
-            return Err(bad(p, "eps", self.eps, "a number > 0"));
-        }
-        if !(self.weight_decay >= 0.0) {
-            return Err(bad(p, "weight_decay", self.weight_decay, "a number >= 0"));
-        }
-        if !(self.max_grad_norm >= 0.0) {
-            return Err(bad(p, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables)"));
+        finite_pos(p, "eps", self.eps)?;
+        finite_nonneg(p, "weight_decay", self.weight_decay)?;
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(bad(
+                p,
+                "max_grad_norm",
+                self.max_grad_norm,
+                "a finite number >= 0 (0 disables clipping)",
+            ));
         }
         Ok(())
+    }
+}
+
+fn finite_pos(p: &str, field: &str, v: f64) -> Result<(), TrainError> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(bad(p, field, v, "a finite number > 0"));
+    }
+    Ok(())
+}
+
+fn finite_nonneg(p: &str, field: &str, v: f64) -> Result<(), TrainError> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(bad(p, field, v, "a finite number >= 0"));
+    }
+    Ok(())
+}
+
+fn unit(p: &str, field: &str, v: f64) -> Result<(), TrainError> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(bad(p, field, v, "a number in [0, 1]"));
+    }
+    Ok(())
+}
+
+impl Validate for PreferenceLoss {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        match *self {
+            PreferenceLoss::Dpo { beta }
+            | PreferenceLoss::Hinge { beta }
+            | PreferenceLoss::LengthNormalizedDpo { beta } => finite_pos(p, "beta", beta),
+            PreferenceLoss::ConservativeDpo {
+                beta,
+                label_smoothing,
+            } => {
+                finite_pos(p, "beta", beta)?;
+                if !(0.0..0.5).contains(&label_smoothing) {
+                    return Err(bad(
+                        p,
+                        "label_smoothing",
+                        label_smoothing,
+                        "a number in [0, 0.5)",
+                    ));
+                }
+                Ok(())
+            }
+            PreferenceLoss::Ipo { tau, .. } => finite_pos(p, "tau", tau),
+            PreferenceLoss::Simpo { beta, margin } => {
+                finite_pos(p, "beta", beta)?;
+                match margin {
+                    SimpoMargin::Gamma(g) => finite_nonneg(&join(p, "margin"), "gamma", g),
+                    SimpoMargin::GammaBetaRatio(r) => {
+                        finite_nonneg(&join(p, "margin"), "gamma_beta_ratio", r)
+                    }
+                    SimpoMargin::LengthWeightedEntropy => Ok(()),
+                }
+            }
+            PreferenceLoss::MaxEntBt { alpha } => finite_pos(p, "alpha", alpha),
+            PreferenceLoss::Orpo { lambda } => finite_nonneg(p, "lambda", lambda),
+        }
+    }
+}
+
+impl Validate for Regularizer {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        let kl = |p: &str, k: &KlPenalty| finite_nonneg(p, "coef", k.coef);
+        let ent = |p: &str, e: &EntropyBonus| match *e {
+            EntropyBonus::Sequence { alpha, .. }
+            | EntropyBonus::LengthNormalized { alpha, .. }
+            | EntropyBonus::FullVocab { alpha } => finite_nonneg(p, "alpha", alpha),
+        };
+        match self {
+            Regularizer::None => Ok(()),
+            Regularizer::Kl(k) => kl(p, k),
+            Regularizer::Entropy(e) => ent(p, e),
+            Regularizer::KlAndEntropy { kl: k, entropy: e } => {
+                kl(&join(p, "kl"), k)?;
+                ent(&join(p, "entropy"), e)
+            }
+        }
+    }
+}
+
+impl Validate for PpoConfig {
+    fn validate(&self, p: &str) -> Result<(), TrainError> {
+        finite_pos(p, "cliprange", self.cliprange)?;
+        finite_pos(p, "cliprange_value", self.cliprange_value)?;
+        finite_nonneg(p, "vf_coef", self.vf_coef)?;
+        unit(p, "gamma", self.gamma)?;
+        unit(p, "lam", self.lam)
     }
 }
 
@@ -351,7 +448,15 @@ impl Validate for RewardConfig {
         positive(p, "steps", self.steps)?;
         positive(p, "batch_size", self.batch_size)?;
         if !(0.0..1.0).contains(&self.eval_fraction) {
-            return Err(bad(p, "eval_fraction", self.eval_fraction, "a number in [0, 1)"));
+            return Err(bad(
+                p,
+                "eval_fraction",
+                self.eval_fraction,
+                "a number in [0, 1)",
+            ));
+        }
+        if let Some(c) = self.loss.center_rewards_coefficient {
+            finite_nonneg(&join(p, "loss"), "center_rewards_coefficient", c)?;
         }
         self.optim.validate(&join(p, "optim"))
     }
@@ -361,6 +466,7 @@ impl Validate for OfflineConfig {
     fn validate(&self, p: &str) -> Result<(), TrainError> {
         positive(p, "steps", self.steps)?;
         positive(p, "batch_size", self.batch_size)?;
+        self.loss.validate(&join(p, "loss"))?;
         self.optim.validate(&join(p, "optim"))
     }
 }
@@ -381,16 +487,18 @@ impl Validate for OnlineConfig {
                 "at least 2 for RLOO/GRPO (the baseline uses the other samples of the group)",
             ));
         }
+        self.regularizer.validate(&join(p, "regularizer"))?;
         if let Algorithm::Ppo {
             epochs,
             minibatches,
-            ..
+            ppo,
         } = &self.algorithm
         {
+            ppo.validate(&join(&join(p, "algorithm"), "ppo"))?;
             positive(&join(p, "algorithm"), "epochs", *epochs)?;
             positive(&join(p, "algorithm"), "minibatches", *minibatches)?;
             let batch = self.prompts_per_step * self.samples_per_prompt;
-            if batch % minibatches != 0 {
+            if !batch.is_multiple_of(*minibatches) {
                 return Err(bad(
                     &join(p, "algorithm"),
                     "minibatches",
@@ -399,9 +507,7 @@ impl Validate for OnlineConfig {
                 ));
             }
         }
-        if !(self.missing_eos_penalty >= 0.0) {
-            return Err(bad(p, "missing_eos_penalty", self.missing_eos_penalty, "a number >= 0"));
-        }
+        finite_nonneg(p, "missing_eos_penalty", self.missing_eos_penalty)?;
         let generation = rlhf_rollout::GenerationConfig {
             sampling: self.sampling,
             max_new_tokens: self.max_new_tokens,
@@ -409,7 +515,14 @@ impl Validate for OnlineConfig {
             samples_per_prompt: self.samples_per_prompt,
             seed: 0,
         };
-        generation.validate().map_err(|e| bad(p, "sampling", "", &e.to_string()))?;
+        generation.validate().map_err(|e| match e {
+            rlhf_rollout::RolloutError::InvalidConfig {
+                field,
+                value,
+                expected,
+            } => bad(p, field, value, expected),
+            other => bad(p, "sampling", "", &other.to_string()),
+        })?;
         positive(&join(p, "eval"), "every", self.eval.every)?;
         positive(&join(p, "eval"), "num_prompts", self.eval.num_prompts)?;
         self.optim.validate(&join(p, "optim"))
@@ -468,30 +581,88 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
     Ok(())
 }
 
-/// Reads a TOML config of type `T` from `text` (`source` names it in errors), with overrides.
-pub fn parse_config<T: serde::de::DeserializeOwned>(
-    text: &str,
-    source: &str,
-    overrides: &[String],
-) -> Result<T, TrainError> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::ConfigParse {
+fn parse_table(text: &str, source: &str) -> Result<toml::Table, TrainError> {
+    toml::from_str(text).map_err(|e| TrainError::ConfigParse {
         source_name: source.into(),
-        message: e.to_string(),
-    })?;
-    apply_overrides(&mut table, overrides)?;
-    let text = toml::to_string(&table).expect("a table serialises");
-    toml::from_str(&text).map_err(|e| TrainError::ConfigParse {
-        source_name: if overrides.is_empty() {
-            source.into()
-        } else {
-            format!("{source} (after --set overrides)")
-        },
         message: e.to_string(),
     })
 }
 
+/// Reads a TOML config of type `T` from `text` (`source` names it in errors), with overrides.
+/// Fields left out take `T::default()`'s values, also inside partially given sub-tables
+/// (see docs/configuration.md).
+pub fn parse_config<T: serde::de::DeserializeOwned + Serialize + Default>(
+    text: &str,
+    source: &str,
+    overrides: &[String],
+) -> Result<T, TrainError> {
+    from_table(parse_table(text, source)?, source, overrides).map_err(|e| {
+        // Prefer the message against the user's own text: its line numbers are the file's.
+        match (overrides.is_empty(), toml::from_str::<T>(text)) {
+            (true, Err(own)) => TrainError::ConfigParse {
+                source_name: source.into(),
+                message: own.to_string(),
+            },
+            _ => e,
+        }
+    })
+}
+
+/// Keys that mark a TOML table as a tagged enum value (`{ type = "kl", .. }`,
+/// `{ kind = "sample", .. }`, `{ form = "sequence", .. }`): such a table is replaced whole,
+/// never merged field by field.
+const ENUM_TAGS: [&str; 3] = ["type", "kind", "form"];
+
+/// Lays `user` over `base` (the config type's defaults): plain sub-tables (`optim`, `eval`, ...)
+/// are merged key by key, everything else (values, arrays, tagged enum tables) replaces the
+/// default. So a partial `[sft.optim]` table keeps the SFT stage's own optimiser defaults
+/// (lr 3e-3, 10 warm-up steps) for the fields it leaves out, rather than the generic ones.
+fn merge_over_defaults(base: &mut toml::Table, user: toml::Table) {
+    for (k, v) in user {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(u))
+                if !ENUM_TAGS.iter().any(|t| b.contains_key(*t)) =>
+            {
+                merge_over_defaults(b, u)
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn from_table<T: serde::de::DeserializeOwned + Serialize + Default>(
+    mut table: toml::Table,
+    source: &str,
+    overrides: &[String],
+) -> Result<T, TrainError> {
+    apply_overrides(&mut table, overrides)?;
+    let src = if overrides.is_empty() {
+        source.to_string()
+    } else {
+        format!("{source} (after --set overrides)")
+    };
+    let user_text = toml::to_string(&table).expect("a table serialises");
+    let mut merged = toml::Table::try_from(T::default()).expect("config defaults serialise");
+    merge_over_defaults(&mut merged, table);
+    let text = toml::to_string(&merged).expect("a table serialises");
+    toml::from_str(&text).map_err(|e| {
+        // Report against the user's table alone when it shows the error too (config types
+        // default their missing fields), so the lines shown are the user's, not the defaults'.
+        let message = match toml::from_str::<T>(&user_text) {
+            Err(own) => own.to_string(),
+            Ok(_) => e.to_string(),
+        };
+        TrainError::ConfigParse {
+            source_name: src,
+            message,
+        }
+    })
+}
+
 /// Reads a TOML config file with overrides.
-pub fn load_config<T: serde::de::DeserializeOwned>(
+pub fn load_config<T: serde::de::DeserializeOwned + Serialize + Default>(
     path: &Path,
     overrides: &[String],
 ) -> Result<T, TrainError> {
@@ -500,6 +671,131 @@ pub fn load_config<T: serde::de::DeserializeOwned>(
         source,
     })?;
     parse_config(&text, &path.display().to_string(), overrides)
+}
+
+/// A stage file: one config whose type is named by the file's single top-level table.
+///
+/// ```toml
+/// [online]
+/// steps = 200
+/// regularizer = { type = "kl", coef = 0.05 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageConfig {
+    /// `[sft]`
+    Sft(SftConfig),
+    /// `[reward]`
+    Reward(RewardConfig),
+    /// `[offline]`
+    Offline(OfflineConfig),
+    /// `[online]`
+    Online(OnlineConfig),
+}
+
+impl StageConfig {
+    /// The table names a stage file may use, one per type.
+    pub const KINDS: [&'static str; 4] = ["sft", "reward", "offline", "online"];
+
+    /// The file's table name: `sft`, `reward`, `offline` or `online`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Sft(_) => "sft",
+            StageConfig::Reward(_) => "reward",
+            StageConfig::Offline(_) => "offline",
+            StageConfig::Online(_) => "online",
+        }
+    }
+}
+
+impl Validate for StageConfig {
+    /// Validates the inner config; field paths start with the table name (`online.optim.lr`)
+    /// unless `prefix` is given.
+    fn validate(&self, prefix: &str) -> Result<(), TrainError> {
+        let p = if prefix.is_empty() {
+            self.kind()
+        } else {
+            prefix
+        };
+        match self {
+            StageConfig::Sft(c) => c.validate(p),
+            StageConfig::Reward(c) => c.validate(p),
+            StageConfig::Offline(c) => c.validate(p),
+            StageConfig::Online(c) => c.validate(p),
+        }
+    }
+}
+
+/// Reads a stage file from `text`: exactly one top-level table, `[sft]`, `[reward]`,
+/// `[offline]` or `[online]`, holding that config. Overrides are relative to that table
+/// (`optim.lr=1e-6`); a leading table name is accepted too (`online.optim.lr=1e-6`).
+/// The result is parsed, not yet validated: call [`Validate::validate`] with `""`.
+pub fn parse_stage_config(
+    text: &str,
+    source: &str,
+    overrides: &[String],
+) -> Result<StageConfig, TrainError> {
+    let mut table = parse_table(text, source)?;
+    let keys: Vec<String> = table.keys().cloned().collect();
+    let kind = match keys.as_slice() {
+        [k] if StageConfig::KINDS.contains(&k.as_str()) && table[k].is_table() => k.clone(),
+        _ => {
+            let found = if keys.is_empty() {
+                "nothing".to_string()
+            } else {
+                keys.iter()
+                    .map(|k| match &table[k] {
+                        toml::Value::Table(_) => format!("[{k}]"),
+                        _ => format!("`{k}`"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(TrainError::ConfigParse {
+                source_name: source.into(),
+                message: format!(
+                    "a stage file must hold exactly one top-level table naming its type, \
+                     [sft], [reward], [offline] or [online]; found {found}"
+                ),
+            });
+        }
+    };
+    let Some(toml::Value::Table(inner)) = table.remove(&kind) else {
+        unreachable!("checked above")
+    };
+    let prefix = format!("{kind}.");
+    let overrides: Vec<String> = overrides
+        .iter()
+        .map(|o| o.strip_prefix(&prefix).unwrap_or(o).to_string())
+        .collect();
+    let src = format!("{source} [{kind}]");
+    let parsed = match kind.as_str() {
+        "sft" => from_table(inner, &src, &overrides).map(StageConfig::Sft),
+        "reward" => from_table(inner, &src, &overrides).map(StageConfig::Reward),
+        "offline" => from_table(inner, &src, &overrides).map(StageConfig::Offline),
+        _ => from_table(inner, &src, &overrides).map(StageConfig::Online),
+    };
+    parsed.map_err(
+        |e| match (overrides.is_empty(), toml::from_str::<StageConfig>(text)) {
+            // The message against the file's own text shows the file's line numbers.
+            (true, Err(own)) => TrainError::ConfigParse {
+                source_name: source.into(),
+                message: own.to_string(),
+            },
+            _ => e,
+        },
+    )
+}
+
+/// Reads a stage file (see [`parse_stage_config`]) with overrides and validates it.
+pub fn load_stage_config(path: &Path, overrides: &[String]) -> Result<StageConfig, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let cfg = parse_stage_config(&text, &path.display().to_string(), overrides)?;
+    cfg.validate("")?;
+    Ok(cfg)
 }
 
 /// The TOML text of a config (what is saved as `config.toml` in the run folder).
@@ -554,6 +850,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("key.path=value"), "{e}");
+    }
+
+    #[test]
+    fn partial_tables_keep_the_stage_defaults() {
+        let sft: SftConfig = parse_config("[optim]\nmax_grad_norm = 0.5", "x", &[]).unwrap();
+        assert_eq!(sft.optim.lr, SftConfig::default().optim.lr);
+        assert_eq!(sft.optim.warmup_steps, 10);
+        assert_eq!(sft.optim.max_grad_norm, 0.5);
+        let on: OnlineConfig = parse_config("[optim]\nlr = 1e-6", "x", &[]).unwrap();
+        assert_eq!(on.optim.schedule, Schedule::Constant);
+        // Tagged enum tables are replaced, not merged into the default variant.
+        let on: OnlineConfig = parse_config(
+            "regularizer = { type = \"entropy\", form = \"full_vocab\" }",
+            "x",
+            &[],
+        )
+        .unwrap();
+        assert!(on.regularizer.needs_full_vocab_entropy());
+        let e = parse_config::<OnlineConfig>("[eval]\neveryy = 1", "x", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("everyy"), "{e}");
+        let st = parse_stage_config("[sft.optim]\nweight_decay = 0.1", "x", &[]).unwrap();
+        let StageConfig::Sft(st) = st else { panic!() };
+        assert_eq!((st.optim.lr, st.optim.weight_decay), (3e-3, 0.1));
     }
 
     #[test]

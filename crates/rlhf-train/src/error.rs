@@ -33,15 +33,17 @@ pub enum TrainError {
     },
     /// A non-finite value appeared: the run stops, the last good checkpoint stays.
     #[error(
-        "non-finite {quantity} ({value}) at step {step} of stage `{stage}`; stopped before the \
-         optimiser step, the last good checkpoint is kept"
+        "non-finite {quantity} ({value}) at step {step} of stage `{stage}` (0-based: {step} \
+         steps had completed); the run stopped without saving, the last good checkpoint is kept"
     )]
     NonFinite {
         /// The stage.
         stage: String,
-        /// The step.
+        /// The 0-based index of the optimiser step that produced the value (equal to the number
+        /// of steps completed before it, the `step` of the last good metrics line).
         step: usize,
-        /// Which quantity (loss, grad_norm, ...).
+        /// Which quantity (`loss`, `grad_norm`, a metric key, or `parameter NAME` when an update
+        /// left a weight non-finite and the checkpoint was refused).
         quantity: String,
         /// Its value.
         value: f64,

@@ -23,7 +23,7 @@ enum Reference {
     /// Per-pair (chosen sum, rejected sum), computed once.
     Precomputed(Vec<(f32, f32)>),
     /// A frozen model (no autodiff).
-    Model(CausalLm),
+    Model(Box<CausalLm>),
     /// Reference-free loss.
     None,
 }
@@ -68,6 +68,17 @@ impl OfflineTrainer {
                 what: format!("{name}: no preference pairs"),
             });
         }
+        crate::reward::check_pairs(name, &data, model.config().vocab_size)?;
+        if cfg.loss.needs_reference() && reference.config().vocab_size != model.config().vocab_size
+        {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "{name}: the reference model's vocabulary ({}) differs from the policy's ({})",
+                    reference.config().vocab_size,
+                    model.config().vocab_size
+                ),
+            });
+        }
         let device = model.decoder.embed.val().device();
         let reference = if !cfg.loss.needs_reference() {
             Reference::None
@@ -84,7 +95,7 @@ impl OfflineTrainer {
             }
             Reference::Precomputed(out)
         } else {
-            Reference::Model(reference.valid())
+            Reference::Model(Box::new(reference.valid()))
         };
         let optim = Optimizer::new(&cfg.optim, cfg.steps);
         Ok(Self {
@@ -114,7 +125,10 @@ impl OfflineTrainer {
         let lens = |b: &SeqBatch| {
             Tensor::<1>::from_data(
                 TensorData::new(
-                    b.completion_lens.iter().map(|&l| l as f32).collect::<Vec<_>>(),
+                    b.completion_lens
+                        .iter()
+                        .map(|&l| l as f32)
+                        .collect::<Vec<_>>(),
                     [b.len()],
                 ),
                 &self.device,
@@ -125,7 +139,9 @@ impl OfflineTrainer {
             Reference::Precomputed(v) => {
                 let cs: Vec<f32> = idx.iter().map(|&i| v[i].0).collect();
                 let rs: Vec<f32> = idx.iter().map(|&i| v[i].1).collect();
-                let t = |x: Vec<f32>| Tensor::<1>::from_data(TensorData::new(x, [idx.len()]), &self.device);
+                let t = |x: Vec<f32>| {
+                    Tensor::<1>::from_data(TensorData::new(x, [idx.len()]), &self.device)
+                };
                 Some((
                     SequenceLogps::from_sum_len(t(cs), lens(c)),
                     SequenceLogps::from_sum_len(t(rs), lens(r)),
@@ -200,7 +216,10 @@ impl Stage for OfflineTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(load_policy(dir, &self.device)?);
-        let o = std::mem::replace(&mut self.optim, Optimizer::new(&self.cfg.optim, self.cfg.steps));
+        let o = std::mem::replace(
+            &mut self.optim,
+            Optimizer::new(&self.cfg.optim, self.cfg.steps),
+        );
         self.optim = o.load(&dir.join("optimizer.bpk"))?;
         Ok(())
     }

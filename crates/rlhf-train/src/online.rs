@@ -5,8 +5,14 @@
 //! One step: sample `k` responses for each of `prompts_per_step` prompts with the KV-cache
 //! sampler (seed derived from (seed, step)), score them with the reward model, subtract the
 //! missing-EOS penalty, add the regulariser's reward, compute advantages, and update.
-//! The sampler's temperature-1 log-probs equal the trainer's full-pass ones (tested in
-//! `rlhf-rollout`), so the policy gradient sees the distribution that produced the tokens.
+//!
+//! Temperature: responses are drawn from `softmax(logits / T)` (T = 0.7 in the TL;DR setup), so
+//! every training-side quantity uses the same tempered logits, for the policy and the reference
+//! alike, as TRL's RLOO/PPO trainers do: the policy-gradient log-probs, PPO's ratios, the KL
+//! terms (`objective/kl`, `objective/kl_exact`) and the entropies. The policy gradient then
+//! differentiates the log-probability of the distribution that produced the tokens. (Top-k/p
+//! and min-p truncation are not applied to the training log-probs.) Evaluation metrics
+//! (`eval/*`) use temperature 1: the models' own distributions.
 
 use std::path::Path;
 use std::time::Instant;
@@ -109,6 +115,41 @@ impl OnlineTrainer {
                 what: format!("{name}: training and evaluation prompts must be non-empty"),
             });
         }
+        let v = s.policy.config().vocab_size;
+        for (who, other) in [
+            ("reference model", s.reference.config().vocab_size),
+            ("reward model", s.reward_model.config().vocab_size),
+        ] {
+            if other != v {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{name}: the {who}'s vocabulary ({other}) differs from the policy's ({v}); \
+                         policy, reference and reward model must share one tokenizer"
+                    ),
+                });
+            }
+        }
+        for (split, ps) in [("training", &s.prompts), ("evaluation", &s.eval_prompts)] {
+            if let Some(i) = ps.iter().position(|p| p.ids.is_empty()) {
+                return Err(TrainError::Mismatch {
+                    what: format!("{name}: {split} prompt {i} has no tokens"),
+                });
+            }
+            crate::common::check_token_ids(
+                &format!("{name}: {split} prompt"),
+                "policy",
+                v,
+                ps.iter().enumerate().map(|(i, p)| (i, p.ids.as_slice())),
+            )?;
+        }
+        for (what, id) in [("eos", s.eos), ("pad", s.pad)] {
+            crate::common::check_token_ids(
+                &format!("{name}: {what} id"),
+                "policy",
+                v,
+                [(0, &[id][..])],
+            )?;
+        }
         let device = s.policy.decoder.embed.val().device();
         let plain = s.reference.decoder.embed.val().device();
         let (value, value_optim) = match &cfg.algorithm {
@@ -154,7 +195,30 @@ impl OnlineTrainer {
         self.model.expect("model present")
     }
 
-    fn gen_config(&self, sampling: rlhf_rollout::Sampling, k: usize, seed: u64) -> GenerationConfig {
+    /// The sampling temperature (1 for greedy), which training-side logits are divided by.
+    fn temperature(&self) -> f64 {
+        match self.cfg.sampling {
+            rlhf_rollout::Sampling::Sample { temperature, .. } => temperature,
+            rlhf_rollout::Sampling::Greedy => 1.0,
+        }
+    }
+
+    /// `logits / T` (see the module docs).
+    fn tempered(&self, logits: Tensor<3>) -> Tensor<3> {
+        let t = self.temperature();
+        if t == 1.0 {
+            logits
+        } else {
+            logits.div_scalar(t)
+        }
+    }
+
+    fn gen_config(
+        &self,
+        sampling: rlhf_rollout::Sampling,
+        k: usize,
+        seed: u64,
+    ) -> GenerationConfig {
         GenerationConfig {
             sampling,
             max_new_tokens: self.cfg.max_new_tokens,
@@ -179,7 +243,11 @@ impl OnlineTrainer {
             .map(|s| s.response_ids.contains(&self.s.eos))
             .collect();
         let mut scores = scores_raw.clone();
-        apply_missing_eos_penalty(&mut scores, &contains_eos, self.cfg.missing_eos_penalty as f32);
+        apply_missing_eos_penalty(
+            &mut scores,
+            &contains_eos,
+            self.cfg.missing_eos_penalty as f32,
+        );
         let mut gold = Vec::with_capacity(samples.len());
         let mut wins = Vec::with_capacity(samples.len());
         for s in &samples {
@@ -204,7 +272,10 @@ impl OnlineTrainer {
         let n = sc.samples.len().max(1) as f64;
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
         m.set(format!("{prefix}objective/scores"), mean(&sc.scores));
-        m.set(format!("{prefix}objective/scores_raw"), mean(&sc.scores_raw));
+        m.set(
+            format!("{prefix}objective/scores_raw"),
+            mean(&sc.scores_raw),
+        );
         m.set(format!("{prefix}gold/score"), mean(&sc.gold));
         m.set(format!("{prefix}gold/win_rate"), mean(&sc.wins));
         let eos = sc.contains_eos.iter().filter(|&&e| e).count() as f64;
@@ -225,10 +296,17 @@ impl OnlineTrainer {
     fn divergence_metrics(&self, sc: &Scored, m: &mut Metrics, prefix: &str) {
         let policy = self.model.as_ref().expect("model").valid();
         let p: Vec<&[u32]> = sc.samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
-        let c: Vec<&[u32]> = sc.samples.iter().map(|s| s.response_ids.as_slice()).collect();
+        let c: Vec<&[u32]> = sc
+            .samples
+            .iter()
+            .map(|s| s.response_ids.as_slice())
+            .collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
         let lg = policy.forward(batch.ids.clone(), &batch.mask, None);
-        let rg = self.s.reference.forward(batch.ids.clone(), &batch.mask, None);
+        let rg = self
+            .s
+            .reference
+            .forward(batch.ids.clone(), &batch.mask, None);
         let t = lg.dims()[1];
         let lp = rlhf_objectives::next_token_logps(lg.clone(), batch.ids.clone());
         let rp = rlhf_objectives::next_token_logps(rg.clone(), batch.ids.clone());
@@ -240,16 +318,29 @@ impl OnlineTrainer {
         let h = rlhf_objectives::masked_mean(entropy(lgs), mask.clone());
         m.set(format!("{prefix}objective/kl"), scalar(kl1));
         m.set(format!("{prefix}objective/kl_exact"), scalar(klx));
-        m.set(format!("{prefix}objective/entropy"), scalar(masked_sum(lp, mask).neg().mean()));
+        m.set(
+            format!("{prefix}objective/entropy"),
+            scalar(masked_sum(lp, mask).neg().mean()),
+        );
         m.set(format!("{prefix}policy/entropy_avg"), scalar(h.mean()));
     }
 
-    fn write_samples(&mut self, step: usize, prompts: &[&OnlinePrompt], sc: &Scored) -> Result<(), TrainError> {
+    fn write_samples(
+        &mut self,
+        step: usize,
+        prompts: &[&OnlinePrompt],
+        sc: &Scored,
+    ) -> Result<(), TrainError> {
         let Some(out) = self.samples_log.as_mut() else {
             return Ok(());
         };
         use std::io::Write;
-        for (i, s) in sc.samples.iter().enumerate().take(self.cfg.eval.num_samples) {
+        for (i, s) in sc
+            .samples
+            .iter()
+            .enumerate()
+            .take(self.cfg.eval.num_samples)
+        {
             let line = json!({
                 "stage": self.name, "step": step,
                 "prompt": prompts[s.prompt_index].text,
@@ -316,25 +407,29 @@ impl Stage for OnlineTrainer {
         let t1 = Instant::now();
 
         let p: Vec<&[u32]> = sc.samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
-        let c: Vec<&[u32]> = sc.samples.iter().map(|s| s.response_ids.as_slice()).collect();
+        let c: Vec<&[u32]> = sc
+            .samples
+            .iter()
+            .map(|s| s.response_ids.as_slice())
+            .collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.device);
         let mask = batch.target_mask.clone();
         let b = batch.len();
         let model = self.model.take().expect("model present");
 
-        // Reference and (PPO) rollout-time quantities, without gradients.
-        let ref_lp = {
-            let pb = to_plain(&batch, &self.plain);
-            let rg = self.s.reference.forward(pb.ids.clone(), &pb.mask, None);
-            rlhf_objectives::next_token_logps(rg, pb.ids).to_device(&self.device)
-        };
+        // Reference quantities, without gradients (one reference forward per step).
+        let pb = to_plain(&batch, &self.plain);
+        let ref_logits = self.tempered(self.s.reference.forward(pb.ids.clone(), &pb.mask, None));
+        let ref_lp = rlhf_objectives::next_token_logps(ref_logits.clone(), pb.ids.clone())
+            .to_device(&self.device);
         let h = model.decoder.forward(batch.ids.clone(), &batch.mask, None);
-        let logits = model.logits(h.clone());
+        let logits = self.tempered(model.logits(h.clone()));
         let t = logits.dims()[1];
         let lp = rlhf_objectives::next_token_logps(logits.clone(), batch.ids.clone());
         let needs_h = self.cfg.regularizer.needs_full_vocab_entropy();
         let ent = needs_h.then(|| entropy(logits.clone().narrow(1, 0, t - 1)));
-        let scores_t = Tensor::<1>::from_data(TensorData::new(sc.scores.clone(), [b]), &self.device);
+        let scores_t =
+            Tensor::<1>::from_data(TensorData::new(sc.scores.clone(), [b]), &self.device);
         let reg = self.cfg.regularizer.rewards(RewardInput {
             policy_logps: lp.clone().detach(),
             ref_logps: Some(ref_lp.clone()),
@@ -346,10 +441,8 @@ impl Stage for OnlineTrainer {
         m.extend(reg.metrics());
         // Exact KL over the vocabulary on the sampled responses (no gradient).
         {
-            let pb = to_plain(&batch, &self.plain);
-            let rg = self.s.reference.forward(pb.ids.clone(), &pb.mask, None);
             let lg = logits.clone().detach().to_device(&self.plain);
-            let klx = kl_full_vocab(lg.narrow(1, 0, t - 1), rg.narrow(1, 0, t - 1));
+            let klx = kl_full_vocab(lg.narrow(1, 0, t - 1), ref_logits.narrow(1, 0, t - 1));
             m.set(
                 "objective/kl_exact",
                 scalar(masked_sum(klx, pb.target_mask.clone()).mean()),
@@ -379,7 +472,10 @@ impl Stage for OnlineTrainer {
                 m.set("policy/clipfrac_avg", scalar(pl.clip_frac));
                 m.set("val/ratio", scalar(pl.ratio_mean));
                 let loss_v = scalar(loss.clone());
-                check_finite(&self.name, step, "loss", loss_v)?;
+                if let Err(e) = check_finite(&self.name, step, "loss", loss_v) {
+                    self.model = Some(model);
+                    return Err(e);
+                }
                 let grads = loss.backward();
                 let mut g = GradientsParams::from_grads(grads, &model);
                 let norm = global_grad_norm(&model, &g).map(scalar).unwrap_or(0.0);
@@ -398,7 +494,10 @@ impl Stage for OnlineTrainer {
             } => {
                 let value = self.value.take().expect("value head");
                 let old_lp = lp.clone().detach();
-                let old_v = value.forward(h.clone().detach()).narrow(1, 0, t - 1).detach();
+                let old_v = value
+                    .forward(h.clone().detach())
+                    .narrow(1, 0, t - 1)
+                    .detach();
                 // GAE per sequence over its response positions.
                 let tr = to_vec(reg.token_rewards.clone());
                 let vv = to_vec(old_v.clone());
@@ -417,7 +516,10 @@ impl Stage for OnlineTrainer {
                     }
                 }
                 // Whiten advantages over response tokens.
-                let kept: Vec<f32> = (0..b * tt).filter(|&x| mk[x] > 0.5).map(|x| adv[x]).collect();
+                let kept: Vec<f32> = (0..b * tt)
+                    .filter(|&x| mk[x] > 0.5)
+                    .map(|x| adv[x])
+                    .collect();
                 let w = whiten(&kept, true);
                 let mut it = w.into_iter();
                 for x in 0..b * tt {
@@ -427,88 +529,114 @@ impl Stage for OnlineTrainer {
                 }
                 let adv_t = Tensor::<2>::from_data(TensorData::new(adv, [b, tt]), &self.device);
                 let ret_t = Tensor::<2>::from_data(TensorData::new(ret, [b, tt]), &self.device);
+                // The pre-step modules, restored if a minibatch turns non-finite (the runner
+                // then stops; the last checkpoint on disk is the one to resume from).
+                let (model0, value0) = (model.clone(), value.clone());
                 let mut model = model;
                 let mut value = value;
                 let mut voptim = self.value_optim.take().expect("value optimiser");
-                let (mut last_loss, mut last_norm) = (0.0, 0.0);
                 let mb = b / minibatches;
-                let mut stats = [0.0f64; 4];
+                // Sums over minibatches: policy loss, value loss, approx KL, clip fraction,
+                // ratio, total loss, grad norm.
+                let mut stats = [0.0f64; 7];
                 let mut count = 0.0;
                 drop((lp, logits, h));
-                for epoch in 0..epochs {
-                    let order = batch_indices(b, b, mix(self.s.seed, step as u64, 0x99), epoch);
-                    for chunk in order.chunks(mb) {
-                        let sel = Tensor::<1, Int>::from_data(
-                            TensorData::new(chunk.iter().map(|&x| x as i64).collect(), [chunk.len()]),
-                            &self.device,
-                        );
-                        let sub_ids: Vec<&[u32]> = chunk.iter().map(|&x| p[x]).collect();
-                        let sub_c: Vec<&[u32]> = chunk.iter().map(|&x| c[x]).collect();
-                        let sb = SeqBatch::new(&sub_ids, &sub_c, self.s.pad, &self.device);
-                        let hs = model.decoder.forward(sb.ids.clone(), &sb.mask, None);
-                        let lg = model.logits(hs.clone());
-                        let ts = lg.dims()[1];
-                        let nlp = rlhf_objectives::next_token_logps(lg.clone(), sb.ids.clone());
-                        // Align the minibatch's (possibly shorter) time axis with the rollout's.
-                        let pad_to = |x: Tensor<2>| -> Tensor<2> {
-                            let [bb, tx] = x.dims();
-                            if tx == tt {
-                                x
-                            } else {
-                                Tensor::cat(vec![x, Tensor::zeros([bb, tt - tx], &self.device)], 1)
+                let outcome: Result<(), TrainError> = 'ppo: {
+                    for epoch in 0..epochs {
+                        let order = batch_indices(b, b, mix(self.s.seed, step as u64, 0x99), epoch);
+                        for chunk in order.chunks(mb) {
+                            let sel = Tensor::<1, Int>::from_data(
+                                TensorData::new(
+                                    chunk.iter().map(|&x| x as i64).collect(),
+                                    [chunk.len()],
+                                ),
+                                &self.device,
+                            );
+                            let sub_ids: Vec<&[u32]> = chunk.iter().map(|&x| p[x]).collect();
+                            let sub_c: Vec<&[u32]> = chunk.iter().map(|&x| c[x]).collect();
+                            let sb = SeqBatch::new(&sub_ids, &sub_c, self.s.pad, &self.device);
+                            let hs = model.decoder.forward(sb.ids.clone(), &sb.mask, None);
+                            let lg = self.tempered(model.logits(hs.clone()));
+                            let ts = lg.dims()[1];
+                            let nlp = rlhf_objectives::next_token_logps(lg.clone(), sb.ids.clone());
+                            // Align the minibatch's (possibly shorter) time axis with the rollout's.
+                            let pad_to = |x: Tensor<2>| -> Tensor<2> {
+                                let [bb, tx] = x.dims();
+                                if tx == tt {
+                                    x
+                                } else {
+                                    Tensor::cat(
+                                        vec![x, Tensor::zeros([bb, tt - tx], &self.device)],
+                                        1,
+                                    )
+                                }
+                            };
+                            let nlp = pad_to(nlp);
+                            let smask = mask.clone().select(0, sel.clone());
+                            let pl = ppo_clip_loss(
+                                nlp,
+                                old_lp.clone().select(0, sel.clone()),
+                                adv_t.clone().select(0, sel.clone()),
+                                smask.clone(),
+                                ppo.cliprange,
+                            );
+                            let nv = pad_to(value.forward(hs.detach()).narrow(1, 0, ts - 1));
+                            let vl = clipped_value_loss(
+                                nv,
+                                old_v.clone().select(0, sel.clone()),
+                                ret_t.clone().select(0, sel.clone()),
+                                smask.clone(),
+                                ppo.cliprange_value,
+                            );
+                            let mut loss =
+                                pl.loss.clone() + vl.loss.clone().mul_scalar(ppo.vf_coef);
+                            if self.cfg.regularizer.needs_full_vocab_entropy() {
+                                let e = pad_to(entropy(lg.narrow(1, 0, ts - 1)));
+                                if let Some(term) = self.cfg.regularizer.loss_term(e, smask.clone())
+                                {
+                                    loss = loss + term;
+                                }
                             }
-                        };
-                        let nlp = pad_to(nlp);
-                        let smask = mask.clone().select(0, sel.clone());
-                        let pl = ppo_clip_loss(
-                            nlp,
-                            old_lp.clone().select(0, sel.clone()),
-                            adv_t.clone().select(0, sel.clone()),
-                            smask.clone(),
-                            ppo.cliprange,
-                        );
-                        let nv = pad_to(value.forward(hs.detach()).narrow(1, 0, ts - 1));
-                        let vl = clipped_value_loss(
-                            nv,
-                            old_v.clone().select(0, sel.clone()),
-                            ret_t.clone().select(0, sel.clone()),
-                            smask.clone(),
-                            ppo.cliprange_value,
-                        );
-                        let mut loss = pl.loss.clone() + vl.loss.clone().mul_scalar(ppo.vf_coef);
-                        if self.cfg.regularizer.needs_full_vocab_entropy() {
-                            let e = pad_to(entropy(lg.narrow(1, 0, ts - 1)));
-                            if let Some(term) = self.cfg.regularizer.loss_term(e, smask.clone()) {
-                                loss = loss + term;
+                            let lv = scalar(loss.clone());
+                            if let Err(e) = check_finite(&self.name, step, "loss", lv) {
+                                break 'ppo Err(e);
                             }
+                            stats[0] += scalar(pl.loss);
+                            stats[1] += scalar(vl.loss);
+                            stats[2] += scalar(pl.approx_kl);
+                            stats[3] += scalar(pl.clip_frac);
+                            stats[4] += scalar(pl.ratio_mean);
+                            count += 1.0;
+                            let mut grads = loss.backward();
+                            let mut g = GradientsParams::from_module(&mut grads, &model);
+                            let gv = GradientsParams::from_module(&mut grads, &value);
+                            let norm = global_grad_norm(&model, &g).map(scalar).unwrap_or(0.0);
+                            if let Err(e) = check_finite(&self.name, step, "grad_norm", norm) {
+                                break 'ppo Err(e);
+                            }
+                            self.optim.clip(&model, &mut g, norm);
+                            model = self.optim.step(step, model, g);
+                            value = voptim.step(step, value, gv);
+                            stats[5] += lv;
+                            stats[6] += norm;
                         }
-                        let lv = scalar(loss.clone());
-                        check_finite(&self.name, step, "loss", lv)?;
-                        stats[0] += scalar(pl.loss);
-                        stats[1] += scalar(vl.loss);
-                        stats[2] += scalar(pl.approx_kl);
-                        stats[3] += scalar(pl.clip_frac);
-                        count += 1.0;
-                        let mut grads = loss.backward();
-                        let mut g = GradientsParams::from_module(&mut grads, &model);
-                        let gv = GradientsParams::from_module(&mut grads, &value);
-                        let norm = global_grad_norm(&model, &g).map(scalar).unwrap_or(0.0);
-                        check_finite(&self.name, step, "grad_norm", norm)?;
-                        self.optim.clip(&model, &mut g, norm);
-                        model = self.optim.step(step, model, g);
-                        value = voptim.step(step, value, gv);
-                        last_loss = lv;
-                        last_norm = norm;
                     }
+                    Ok(())
+                };
+                self.value_optim = Some(voptim);
+                if let Err(e) = outcome {
+                    self.model = Some(model0);
+                    self.value = Some(value0);
+                    return Err(e);
                 }
                 self.value = Some(value);
-                self.value_optim = Some(voptim);
                 m.set("loss/policy_avg", stats[0] / count);
                 m.set("loss/value_avg", stats[1] / count);
                 m.set("policy/approxkl_avg", stats[2] / count);
                 m.set("policy/clipfrac_avg", stats[3] / count);
+                m.set("val/ratio", stats[4] / count);
                 let lr = self.optim.lr(step);
-                (model, last_loss, last_norm, lr)
+                (model, stats[5] / count, stats[6] / count, lr)
             }
         };
         self.model = Some(model);
@@ -521,14 +649,15 @@ impl Stage for OnlineTrainer {
         m.set("time/rollout_s", rollout_s);
         m.set("time/update_s", update_s);
         m.set("perf/tokens_per_s", tokens as f64 / rollout_s.max(1e-9));
-        if self.cfg.eval.samples_every > 0 && (step + 1) % self.cfg.eval.samples_every == 0 {
+        if self.cfg.eval.samples_every > 0 && (step + 1).is_multiple_of(self.cfg.eval.samples_every)
+        {
             self.write_samples(step + 1, &prefs, &sc)?;
         }
         Ok(m)
     }
 
     fn evaluate(&mut self, done: usize) -> Result<Option<Metrics>, TrainError> {
-        if !(done % self.cfg.eval.every == 0 || done == self.cfg.steps) {
+        if !(done.is_multiple_of(self.cfg.eval.every) || done == self.cfg.steps) {
             return Ok(None);
         }
         let n = self.cfg.eval.num_prompts.min(self.s.eval_prompts.len());
@@ -551,6 +680,7 @@ impl Stage for OnlineTrainer {
         save_policy(dir, self.model.as_ref().expect("model"), Some(&self.optim))?;
         if let (Some(v), Some(o)) = (&self.value, &self.value_optim) {
             let map = v_map(v);
+            crate::common::check_weights_finite(&map)?;
             rlhf_model::write_safetensors(&map, &dir.join("value_head.safetensors"))?;
             o.save(&dir.join("value_optimizer.bpk"))?;
         }
@@ -559,7 +689,10 @@ impl Stage for OnlineTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(load_policy(dir, &self.device)?);
-        let o = std::mem::replace(&mut self.optim, Optimizer::new(&self.cfg.optim, self.cfg.steps));
+        let o = std::mem::replace(
+            &mut self.optim,
+            Optimizer::new(&self.cfg.optim, self.cfg.steps),
+        );
         self.optim = o.load(&dir.join("optimizer.bpk"))?;
         if self.value.is_some() {
             let map = rlhf_model::read_safetensors(&dir.join("value_head.safetensors"))?;

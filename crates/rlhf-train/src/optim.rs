@@ -46,7 +46,8 @@ impl ModuleVisitor for Scale<'_> {
             return;
         }
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register::<D>(param.id, g.mul_scalar(self.factor));
+            self.grads
+                .register::<D>(param.id, g.mul_scalar(self.factor));
             self.ids.push(param.id);
         }
     }
@@ -94,12 +95,7 @@ impl Optimizer {
     }
 
     /// One AdamW step at `step`'s learning rate.
-    pub fn step<M: Module>(
-        &mut self,
-        step: usize,
-        module: M,
-        grads: GradientsParams,
-    ) -> M {
+    pub fn step<M: Module>(&mut self, step: usize, module: M, grads: GradientsParams) -> M {
         let lr = self.lr(step);
         self.inner.step(lr, module, grads)
     }

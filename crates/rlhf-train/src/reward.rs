@@ -46,6 +46,34 @@ fn pair_batches(ex: &[&PairExample], pad: u32, device: &Device) -> (SeqBatch, Se
     )
 }
 
+/// Checks preference pairs before any compute: non-empty completions and token ids inside the
+/// model's vocabulary of `vocab_size`. `what` names the stage in errors.
+pub fn check_pairs(what: &str, pairs: &[PairExample], vocab_size: usize) -> Result<(), TrainError> {
+    for (i, e) in pairs.iter().enumerate() {
+        if e.chosen.is_empty() || e.rejected.is_empty() {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "{what}: pair {i} has an empty {} completion",
+                    if e.chosen.is_empty() {
+                        "chosen"
+                    } else {
+                        "rejected"
+                    }
+                ),
+            });
+        }
+        for ids in [&e.prompt, &e.chosen, &e.rejected] {
+            crate::common::check_token_ids(
+                &format!("{what}: pair"),
+                "model",
+                vocab_size,
+                [(i, ids.as_slice())],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 impl RewardTrainer {
     /// Splits `pairs` into train and held-out (`cfg.eval_fraction`, the last pairs) and builds
     /// the trainer for `model` (on an autodiff device).
@@ -56,10 +84,14 @@ impl RewardTrainer {
         pad: u32,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        check_pairs("reward model", &pairs, model.config().vocab_size)?;
         let n_eval = ((pairs.len() as f64) * cfg.eval_fraction).round() as usize;
         if pairs.len() <= n_eval {
             return Err(TrainError::Mismatch {
-                what: format!("reward model: {} pairs leave none for training", pairs.len()),
+                what: format!(
+                    "reward model: {} pairs leave none for training",
+                    pairs.len()
+                ),
             });
         }
         let mut train = pairs;
@@ -84,7 +116,12 @@ impl RewardTrainer {
     }
 
     /// Held-out accuracy and mean margin of `model` on `pairs`.
-    pub fn accuracy(model: &RewardModel, pairs: &[PairExample], pad: u32, batch: usize) -> (f64, f64) {
+    pub fn accuracy(
+        model: &RewardModel,
+        pairs: &[PairExample],
+        pad: u32,
+        batch: usize,
+    ) -> (f64, f64) {
         let dev = model.decoder.embed.val().device();
         let (mut right, mut margin, mut n) = (0.0, 0.0, 0usize);
         for chunk in pairs.chunks(batch.max(1)) {
@@ -150,7 +187,7 @@ impl Stage for RewardTrainer {
 
     fn evaluate(&mut self, done: usize) -> Result<Option<Metrics>, TrainError> {
         let every = (self.cfg.steps / 10).max(1);
-        if self.held_out.is_empty() || !(done % every == 0 || done == self.cfg.steps) {
+        if self.held_out.is_empty() || !(done.is_multiple_of(every) || done == self.cfg.steps) {
             return Ok(None);
         }
         let model = self.model.as_ref().expect("model").valid();
@@ -163,18 +200,18 @@ impl Stage for RewardTrainer {
 
     fn save(&self, dir: &Path) -> Result<(), TrainError> {
         let model = self.model.as_ref().expect("model");
-        save_hf(
-            &dir.join("model"),
-            model.config(),
-            HeadKind::Score,
-            &model.to_weight_map(),
-        )?;
+        let map = model.to_weight_map();
+        crate::common::check_weights_finite(&map)?;
+        save_hf(&dir.join("model"), model.config(), HeadKind::Score, &map)?;
         self.optim.save(&dir.join("optimizer.bpk"))
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(Checkpoint::open(&dir.join("model"))?.reward_model(&self.device, 0)?);
-        let o = std::mem::replace(&mut self.optim, Optimizer::new(&self.cfg.optim, self.cfg.steps));
+        let o = std::mem::replace(
+            &mut self.optim,
+            Optimizer::new(&self.cfg.optim, self.cfg.steps),
+        );
         self.optim = o.load(&dir.join("optimizer.bpk"))?;
         Ok(())
     }

@@ -76,7 +76,12 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 /// Returns `Err(NonFinite)` if `value` is NaN or infinite.
-pub fn check_finite(stage: &str, step: usize, quantity: &str, value: f64) -> Result<(), TrainError> {
+pub fn check_finite(
+    stage: &str,
+    step: usize,
+    quantity: &str,
+    value: f64,
+) -> Result<(), TrainError> {
     if value.is_finite() {
         Ok(())
     } else {
@@ -98,9 +103,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 fn save_checkpoint(stage: &dyn Stage, dir: &Path, steps_done: usize) -> Result<(), TrainError> {
     let target = dir.join("checkpoint");
-    let mut inner: Result<(), TrainError> = Ok(());
+    // The stage's own error is kept as it is (a non-finite parameter stays `NonFinite`, with
+    // the stage and the step that produced it filled in), rather than flattened into a
+    // message about a temporary folder that no longer exists.
+    let mut inner: Option<TrainError> = None;
     let res = rlhf_model::save_folder_atomically(&target, |tmp| {
-        inner = stage.save(tmp).and_then(|_| {
+        let r = stage.save(tmp).and_then(|_| {
             let p = tmp.join("progress.json");
             let text = serde_json::to_string_pretty(&Progress {
                 steps_done,
@@ -109,19 +117,36 @@ fn save_checkpoint(stage: &dyn Stage, dir: &Path, steps_done: usize) -> Result<(
             .expect("json");
             std::fs::write(&p, text).map_err(io(&p))
         });
-        inner
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| rlhf_model::ModelError::Format {
+        r.map_err(|e| {
+            let msg = e.to_string();
+            inner = Some(e);
+            rlhf_model::ModelError::Format {
                 path: tmp.into(),
-                what: e.to_string(),
-            })
+                what: msg,
+            }
+        })
     });
-    res.map_err(TrainError::from)
+    match (res, inner) {
+        (Ok(()), _) => Ok(()),
+        (
+            Err(_),
+            Some(TrainError::NonFinite {
+                quantity, value, ..
+            }),
+        ) => Err(TrainError::NonFinite {
+            stage: stage.name().to_string(),
+            step: steps_done.saturating_sub(1),
+            quantity,
+            value,
+        }),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 /// Drops metrics lines of steps after `steps_done` (written after the checkpoint a resumed run
-/// starts from), so the resumed file equals an uninterrupted one.
+/// starts from), so the resumed file equals an uninterrupted one. The files are rewritten in
+/// place (same inode), so a writer that opened them in append mode keeps working.
 fn truncate_metrics(dir: &Path, steps_done: usize) -> Result<(), TrainError> {
     for name in ["metrics.jsonl", "samples.jsonl"] {
         let p = dir.join(name);
@@ -147,6 +172,20 @@ fn truncate_metrics(dir: &Path, steps_done: usize) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The NaN guard on a metrics line: nothing non-finite is ever written (the error names the
+/// key; `step` is the 0-based index of the step whose model produced it).
+fn all_finite(stage: &str, step: usize, m: &Metrics) -> Result<(), TrainError> {
+    match m.first_non_finite() {
+        Some((k, v)) => Err(TrainError::NonFinite {
+            stage: stage.into(),
+            step,
+            quantity: k.to_string(),
+            value: v,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Runs `stage` to completion (or until interrupted), resuming when asked.
 pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainError> {
     std::fs::create_dir_all(&opts.dir).map_err(io(&opts.dir))?;
@@ -159,16 +198,39 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
             path: p.clone(),
             what: e.to_string(),
         })?;
+        if prog.stage != stage.name() {
+            return Err(TrainError::Format {
+                path: p,
+                what: format!(
+                    "this checkpoint belongs to stage `{}`, not `{}`",
+                    prog.stage,
+                    stage.name()
+                ),
+            });
+        }
+        if prog.steps_done > stage.total_steps() {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "{}: the checkpoint is at step {} but the config asks for {} steps \
+                     (raise `steps` to continue)",
+                    ckpt.display(),
+                    prog.steps_done,
+                    stage.total_steps()
+                ),
+            });
+        }
         stage.load(&ckpt)?;
         start = prog.steps_done;
         truncate_metrics(&opts.dir, start)?;
         eprintln!("[{}] resumed at step {start}", stage.name());
     } else {
-        // A fresh run starts fresh files.
+        // A fresh run starts fresh files. They are truncated, not removed: a stage may already
+        // hold `samples.jsonl` open for appending (`OnlineTrainer::log_samples_to`), and a
+        // removed file would swallow its lines.
         for name in ["metrics.jsonl", "samples.jsonl"] {
             let p = opts.dir.join(name);
             if p.exists() {
-                std::fs::remove_file(&p).map_err(io(&p))?;
+                std::fs::write(&p, "").map_err(io(&p))?;
             }
         }
     }
@@ -178,22 +240,17 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
     if start == 0
         && let Some(m) = stage.evaluate(0)?
     {
+        all_finite(&name, 0, &m)?;
         log.write(&name, 0, &m)?;
     }
     let flag = interrupt_flag();
     for step in start..total {
         let m = stage.train_step(step)?;
-        if let Some((k, v)) = m.first_non_finite() {
-            return Err(TrainError::NonFinite {
-                stage: name.clone(),
-                step,
-                quantity: k.to_string(),
-                value: v,
-            });
-        }
+        all_finite(&name, step, &m)?;
         let done = step + 1;
         log.write(&name, done, &m)?;
         if let Some(e) = stage.evaluate(done)? {
+            all_finite(&name, step, &e)?;
             log.write(&name, done, &e)?;
         }
         let interrupted = flag.load(Ordering::SeqCst);

@@ -52,6 +52,11 @@ impl SftTrainer {
                 what: "SFT: the training set is empty".into(),
             });
         }
+        if let Some(i) = data.iter().position(|e| e.completion.is_empty()) {
+            return Err(TrainError::Mismatch {
+                what: format!("SFT example {i}: the completion is empty (nothing to train on)"),
+            });
+        }
         check_vocab(&model, data.iter().chain(&held_out))?;
         let device = model.decoder.embed.val().device();
         let optim = Optimizer::new(&cfg.optim, cfg.steps);
@@ -82,27 +87,29 @@ impl SftTrainer {
 
     fn loss(model: &CausalLm, batch: &SeqBatch) -> (Tensor<1>, usize) {
         let (_, lp) = forward_logps(model, batch);
-        let tokens: usize = batch.completion_lens.iter().sum();
+        // Completion tokens that are predicted (the first token of a sequence never is, which
+        // matters only for an empty prompt): exactly the ones `target_mask` keeps.
+        let tokens: usize = batch
+            .completion_lens
+            .iter()
+            .zip(&batch.prompt_lens)
+            .map(|(&c, &p)| if p == 0 { c.saturating_sub(1) } else { c })
+            .sum();
         let nll = masked_sum(lp, batch.target_mask.clone()).sum().neg() / tokens.max(1) as f64;
         (nll, tokens)
     }
 }
 
-/// Every token id must be inside the model's vocabulary.
+/// Every token id must be inside the model's vocabulary (a tokenizer that does not match the
+/// model is caught here, before any compute, instead of as an out-of-bounds gather).
 pub fn check_vocab<'a>(
     model: &CausalLm,
     examples: impl Iterator<Item = &'a SftExample>,
 ) -> Result<(), TrainError> {
-    let v = model.config().vocab_size as u32;
+    let v = model.config().vocab_size;
     for (i, e) in examples.enumerate() {
-        if let Some(&t) = e.prompt.iter().chain(&e.completion).find(|&&t| t >= v) {
-            return Err(TrainError::Mismatch {
-                what: format!(
-                    "example {i}: token id {t} is outside the model's vocabulary of {v} \
-                     (tokenizer and model do not match)"
-                ),
-            });
-        }
+        crate::common::check_token_ids("SFT example", "model", v, [(i, e.prompt.as_slice())])?;
+        crate::common::check_token_ids("SFT example", "model", v, [(i, e.completion.as_slice())])?;
     }
     Ok(())
 }
@@ -122,13 +129,14 @@ impl Stage for SftTrainer {
         let batch = self.batch(&ex);
         let model = self.model.take().expect("model present");
         let (loss, tokens) = Self::loss(&model, &batch);
-        let (model, loss_v, norm, lr) = match optimise("sft", step, model.clone(), &mut self.optim, loss) {
-            Ok(x) => x,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e);
-            }
-        };
+        let (model, loss_v, norm, lr) =
+            match optimise("sft", step, model.clone(), &mut self.optim, loss) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.model = Some(model);
+                    return Err(e);
+                }
+            };
         self.model = Some(model);
         let mut m = Metrics::new();
         m.set("loss", loss_v);
@@ -139,7 +147,9 @@ impl Stage for SftTrainer {
     }
 
     fn evaluate(&mut self, done: usize) -> Result<Option<Metrics>, TrainError> {
-        if self.held_out.is_empty() || !(done % self.eval_every == 0 || done == self.cfg.steps) {
+        if self.held_out.is_empty()
+            || !(done.is_multiple_of(self.eval_every) || done == self.cfg.steps)
+        {
             return Ok(None);
         }
         let model = self.model.as_ref().expect("model present").valid();
@@ -166,7 +176,10 @@ impl Stage for SftTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(load_policy(dir, &self.device)?);
-        let o = std::mem::replace(&mut self.optim, Optimizer::new(&self.cfg.optim, self.cfg.steps));
+        let o = std::mem::replace(
+            &mut self.optim,
+            Optimizer::new(&self.cfg.optim, self.cfg.steps),
+        );
         self.optim = o.load(&dir.join("optimizer.bpk"))?;
         Ok(())
     }
