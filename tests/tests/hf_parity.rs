@@ -219,7 +219,7 @@ fn check_cache(model: &CausalLm, device: &Device) {
     // Left padding must not change the result for a row: row 2 alone, unpadded.
     let alone: Vec<u32> = prompts[2].iter().chain(&cont[2]).copied().collect();
     let one = to_vec(model.forward(
-        ids_tensor(&[alone.clone()], device),
+        ids_tensor(std::slice::from_ref(&alone), device),
         &AttentionMask::full(1, alone.len()),
         None,
     ));

@@ -17,7 +17,11 @@ fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
 }
 
 fn logits_of(model: &CausalLm, ids: &[u32], device: &Device) -> Tensor<3> {
-    model.forward(ids_tensor(ids, device), &AttentionMask::full(1, ids.len()), None)
+    model.forward(
+        ids_tensor(ids, device),
+        &AttentionMask::full(1, ids.len()),
+        None,
+    )
 }
 
 fn greedy(model: &CausalLm, prompt: &[u32], n: usize, eos: u32, device: &Device) -> Vec<u32> {
@@ -56,7 +60,12 @@ fn smollm2_matches_transformers() {
     let ckpt = Checkpoint::open(&path).unwrap();
     let cfg = &ckpt.config;
     assert_eq!(
-        (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads),
+        (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads
+        ),
         (30, 576, 9, 3)
     );
     assert!(cfg.tie_word_embeddings);
@@ -79,14 +88,22 @@ fn smollm2_matches_transformers() {
             .map(|x| x as u32)
             .collect();
         let got_vals: Vec<f32> = vals.into_data().try_into_vec_as::<f32>().unwrap();
-        assert_eq!(got_ids, ids1(&case["last_top10_ids"]), "{text:?}: top-10 ids");
+        assert_eq!(
+            got_ids,
+            ids1(&case["last_top10_ids"]),
+            "{text:?}: top-10 ids"
+        );
         let want_vals = flat_f32(&case["last_top10_logits"]);
         let err = rlhf_tests::max_abs_diff(&got_vals, &want_vals);
         assert!(err <= 2e-3, "{text:?}: top-10 logits differ by {err}");
 
         // Summed log-prob of the continuation.
         let full = ids1(&case["text_plus_continuation_ids"]);
-        assert_eq!(&full[..ids.len()], &ids[..], "continuation extends the text");
+        assert_eq!(
+            &full[..ids.len()],
+            &ids[..],
+            "continuation extends the text"
+        );
         let lp = log_softmax(logits_of(&model, &full, &device), 2);
         let t = full.len();
         let next = ids_tensor(&full[1..], &device).unsqueeze_dim::<3>(2);

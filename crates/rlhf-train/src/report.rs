@@ -49,7 +49,12 @@ impl Curve {
     pub fn series(&self, key: &str) -> Vec<(f64, f64)> {
         self.points
             .iter()
-            .map(|(s, m)| (*s as f64, m.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)))
+            .map(|(s, m)| {
+                (
+                    *s as f64,
+                    m.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN),
+                )
+            })
             .collect()
     }
 
@@ -84,7 +89,12 @@ const COLORS: [&str; 8] = [
 ];
 
 /// A minimal SVG line plot.
-pub fn svg_plot(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+pub fn svg_plot(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
     let (w, h, ml, mr, mt, mb) = (640.0, 400.0, 70.0, 170.0, 40.0, 50.0);
     let pts: Vec<(f64, f64)> = series
         .iter()
@@ -92,7 +102,12 @@ pub fn svg_plot(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
     let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold(
-        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY),
+        (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ),
         |(a, b, c, d), (x, y)| (a.min(*x), b.max(*x), c.min(*y), d.max(*y)),
     );
     if !x0.is_finite() {
@@ -195,7 +210,9 @@ fn fmt_num(x: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn f(x: f64) -> String {
@@ -283,7 +300,12 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
     );
     let _ = writeln!(md, "Arms:\n");
     for a in &cfg.arms {
-        let _ = writeln!(md, "* `{}`: `{}`", a.name, serde_json::to_string(&a.regularizer).unwrap_or_default());
+        let _ = writeln!(
+            md,
+            "* `{}`: `{}`",
+            a.name,
+            serde_json::to_string(&a.regularizer).unwrap_or_default()
+        );
     }
 
     // Findings first: what a reader wants.
@@ -343,18 +365,35 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         for (key, title, file) in [
             ("eval/gold/score", "gold score", "gold"),
             ("eval/objective/scores", "proxy RM score", "proxy"),
-            ("eval/gold/win_rate", "gold win rate vs reference", "winrate"),
-            ("eval/objective/kl_exact", "KL(pi || pi_sft), exact, summed over response", "kl"),
-            ("eval/policy/entropy_avg", "entropy per token (full vocabulary)", "entropy"),
+            (
+                "eval/gold/win_rate",
+                "gold win rate vs reference",
+                "winrate",
+            ),
+            (
+                "eval/objective/kl_exact",
+                "KL(pi || pi_sft), exact, summed over response",
+                "kl",
+            ),
+            (
+                "eval/policy/entropy_avg",
+                "entropy per token (full vocabulary)",
+                "entropy",
+            ),
             ("eval/completions/mean_length", "response length", "length"),
             ("eval/val/eos_rate", "EOS rate", "eos"),
         ] {
-            let series: Vec<(String, Vec<(f64, f64)>)> =
-                group.iter().map(|c| (c.arm.clone(), c.series(key))).collect();
+            let series: Vec<(String, Vec<(f64, f64)>)> = group
+                .iter()
+                .map(|c| (c.arm.clone(), c.series(key)))
+                .collect();
             let name = format!("{file}-lr{lr}.svg");
             let p = fig_dir.join(&name);
-            std::fs::write(&p, svg_plot(&format!("{title}, lr {lr}"), "step", title, &series))
-                .map_err(io(&p))?;
+            std::fs::write(
+                &p,
+                svg_plot(&format!("{title}, lr {lr}"), "step", title, &series),
+            )
+            .map_err(io(&p))?;
             let _ = writeln!(md, "![{title}, lr {lr}](figures/{name})\n");
         }
         // Gao et al.'s axis: gold and proxy against sqrt(KL).
@@ -374,10 +413,18 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         let p = fig_dir.join(&name);
         std::fs::write(
             &p,
-            svg_plot(&format!("gold and proxy vs sqrt(KL), lr {lr}"), "sqrt(KL exact)", "score", &series),
+            svg_plot(
+                &format!("gold and proxy vs sqrt(KL), lr {lr}"),
+                "sqrt(KL exact)",
+                "score",
+                &series,
+            ),
         )
         .map_err(io(&p))?;
-        let _ = writeln!(md, "![gold and proxy vs sqrt(KL), lr {lr}](figures/{name})\n");
+        let _ = writeln!(
+            md,
+            "![gold and proxy vs sqrt(KL), lr {lr}](figures/{name})\n"
+        );
     }
 
     // Samples.
@@ -423,8 +470,12 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
     let _ = writeln!(md, "\n## Theory check\n\n{}\n", inp.theory);
     let _ = writeln!(
         md,
-        "## Reproduce\n\n```sh\ncargo xtask train{}\n```\n\nThe resolved configuration is `config.toml` next to this report; each stage's metrics and checkpoints are under `stages/`.",
-        if cfg.name.ends_with("-quick") { " --quick" } else { "" }
+        "## Reproduce\n\n```sh\ncargo xtask train{}\n```\n\nThe resolved configuration is `config.toml` next to this report; each stage's metrics and checkpoints are under `runs/cache/` (the summary table's runs map to folders listed in `runs.json`).",
+        if cfg.name.ends_with("-quick") {
+            " --quick"
+        } else {
+            ""
+        }
     );
     let p = inp.root.join("report.md");
     std::fs::write(&p, md).map_err(io(&p))?;
@@ -503,4 +554,120 @@ pub fn findings(curves: &[Curve], offline: &BTreeMap<String, BTreeMap<String, f6
          Read the figures before the labels: with few evaluation prompts, differences under about 0.05 in win rate are noise."
     );
     s
+}
+
+/// Checks a finished study's report contents: every arm and learning rate present with finite
+/// numbers, and every offline preference arm (DPO, SimPO) above SFT on gold win rate.
+/// Returns the list of failed checks (empty when all hold).
+pub fn check_study(
+    out: &crate::study::StudyOutput,
+    cfg: &StudyConfig,
+) -> Result<Vec<String>, TrainError> {
+    let mut failed = Vec::new();
+    let report = std::fs::read_to_string(&out.report).map_err(io(&out.report))?;
+    let curves = load_curves(&out.online_dirs)?;
+    for lr in &cfg.learning_rates {
+        for arm in &cfg.arms {
+            let label = format!("{}@lr{lr:e}", arm.name);
+            match curves.iter().find(|c| c.label == label) {
+                None => failed.push(format!("online run {label} is missing")),
+                Some(c) => {
+                    if !report.contains(&format!("| {label} |")) {
+                        failed.push(format!("{label} is not in the report's summary table"));
+                    }
+                    for key in [
+                        "eval/gold/score",
+                        "eval/gold/win_rate",
+                        "eval/objective/scores",
+                        "eval/objective/kl",
+                        "eval/objective/kl_exact",
+                        "eval/policy/entropy_avg",
+                    ] {
+                        if c.points.is_empty() || c.series(key).iter().any(|(_, v)| !v.is_finite())
+                        {
+                            failed.push(format!("{label}: {key} is missing or not finite"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let win = |n: &str| {
+        out.offline
+            .get(n)
+            .and_then(|m| m.get("eval/gold/win_rate"))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    for n in ["dpo", "simpo"] {
+        let beats = win(n) > win("sft");
+        if !beats {
+            failed.push(format!(
+                "{n} gold win rate {:.3} does not beat SFT's {:.3}",
+                win(n),
+                win("sft")
+            ));
+        }
+    }
+    if !out.rm_accuracy.is_finite() {
+        failed.push("reward-model accuracy is not finite".into());
+    }
+    Ok(failed)
+}
+
+/// One comparison report over several finished studies (seeds): mean and spread of each run's
+/// final and peak gold score, final win rate and final KL.
+pub fn write_sweep_report(
+    outs: &[(u64, crate::study::StudyOutput)],
+    path: &Path,
+) -> Result<(), TrainError> {
+    let mut table: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for (_, o) in outs {
+        for c in load_curves(&o.online_dirs)? {
+            table.entry(c.label.clone()).or_default().push([
+                c.peak("eval/gold/score").1,
+                c.last("eval/gold/score"),
+                c.last("eval/gold/win_rate"),
+                c.last("eval/objective/kl_exact"),
+            ]);
+        }
+        for (name, m) in &o.offline {
+            let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+            table.entry(format!("{name} (offline)")).or_default().push([
+                g("eval/gold/score"),
+                g("eval/gold/score"),
+                g("eval/gold/win_rate"),
+                g("eval/objective/kl_exact"),
+            ]);
+        }
+    }
+    let ms = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        format!("{m:.3} ± {sd:.3}")
+    };
+    let mut md = format!(
+        "# Sweep over seeds {:?}\n\nMean ± standard deviation over seeds; each seed's full report is linked below.\n\n| run | peak gold | final gold | final win rate | final KL exact |\n|---|---|---|---|---|\n",
+        outs.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    for (label, rows) in &table {
+        let col = |i: usize| ms(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
+    }
+    md.push('\n');
+    for (s, o) in outs {
+        let _ = writeln!(md, "* seed {s}: {}", o.report.display());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::write(path, md).map_err(io(path))
 }

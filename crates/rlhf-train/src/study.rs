@@ -3,7 +3,7 @@
 //! several learning rates, all on the synthetic TL;DR task with a known gold scorer
 //! (Gao et al. 2022's synthetic-gold method). Produces `runs/<name>/report.md` with SVG figures.
 //!
-//! Every stage lives in `runs/<name>/stages/<stage>-<key>/` where `key` hashes the stage's
+//! Every stage lives in `runs/cache/<stage>-<key>/` (shared by all runs) where `key` hashes the stage's
 //! configuration and everything upstream of it: a stage whose inputs did not change is loaded
 //! from there instead of being run again, and a stage that was interrupted resumes.
 
@@ -17,8 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use rlhf_backend::BackendKind;
 use rlhf_data::{GoldScorer, SyntheticConfig, SyntheticTask, Tokenizer};
 use rlhf_model::{
-    Architecture, CausalLm, Checkpoint, HeadKind, ModelConfig, Strictness,
-    causal_lm_from_map, init_weights, reward_model_from_map,
+    Architecture, CausalLm, Checkpoint, HeadKind, ModelConfig, Strictness, causal_lm_from_map,
+    init_weights, reward_model_from_map,
 };
 use rlhf_objectives::{EntropyBonus, KlPenalty, PreferenceLoss, Regularizer, RewardPlacement};
 use rlhf_rollout::{GenerationConfig, Sampling};
@@ -95,6 +95,9 @@ pub struct DataSizes {
     pub eval_prompts: usize,
     /// Sampling temperature of the SFT samples that make the pairs.
     pub pair_temperature: f64,
+    /// Drop pairs whose two responses have the same gold score: their Bradley–Terry label is
+    /// a coin flip and carries no preference.
+    pub drop_gold_ties: bool,
 }
 
 impl Default for DataSizes {
@@ -104,7 +107,8 @@ impl Default for DataSizes {
             pairs: 3000,
             online_prompts: 2000,
             eval_prompts: 128,
-            pair_temperature: 1.0,
+            pair_temperature: 1.5,
+            drop_gold_ties: true,
         }
     }
 }
@@ -135,12 +139,19 @@ pub struct StudyConfig {
     pub task: SyntheticConfig,
     /// Policy size.
     pub policy: ModelSize,
-    /// Proxy reward-model size (smaller than the policy: imperfect by construction).
+    /// Proxy reward-model size (smaller than the policy: imperfect by construction). Ignored
+    /// when `reward_from_sft` is set.
     pub reward_model: ModelSize,
+    /// Initialise the reward model from the SFT policy (same size; the usual practice of
+    /// Stiennon et al. 2020 and TRL) instead of a smaller pre-trained backbone.
+    pub reward_from_sft: bool,
     /// Data set sizes.
     pub data: DataSizes,
     /// SFT stage.
     pub sft: SftConfig,
+    /// Language-model pre-training of the reward model's backbone on the SFT data (as reward
+    /// models start from a pretrained LM), before the Bradley–Terry stage; `steps = 0` skips it.
+    pub reward_pretrain: SftConfig,
     /// Reward-model stage.
     pub reward: RewardConfig,
     /// Offline DPO stage.
@@ -170,13 +181,17 @@ impl Default for StudyConfig {
             out_dir: "runs".into(),
             seed: 0,
             backend: BackendKind::Cpu,
-            task: SyntheticConfig::default(),
+            // Label noise: temperature 0.2 makes 95% of labels agree with the gold ordering.
+            task: SyntheticConfig {
+                label_temperature: 0.2,
+                ..SyntheticConfig::default()
+            },
             policy: ModelSize::default(),
             reward_model: ModelSize {
-                hidden_size: 32,
-                num_layers: 1,
-                num_heads: 2,
-                intermediate_size: 64,
+                hidden_size: 48,
+                num_layers: 2,
+                num_heads: 4,
+                intermediate_size: 96,
                 init_std: 0.02,
             },
             data: DataSizes::default(),
@@ -189,11 +204,21 @@ impl Default for StudyConfig {
                     ..OptimConfig::default()
                 },
             },
-            reward: RewardConfig {
-                steps: 300,
+            reward_from_sft: false,
+            reward_pretrain: SftConfig {
+                steps: 400,
                 batch_size: 32,
                 optim: OptimConfig {
-                    lr: 2e-3,
+                    lr: 3e-3,
+                    warmup_steps: 20,
+                    ..OptimConfig::default()
+                },
+            },
+            reward: RewardConfig {
+                steps: 400,
+                batch_size: 32,
+                optim: OptimConfig {
+                    lr: 1e-3,
                     warmup_steps: 10,
                     ..OptimConfig::default()
                 },
@@ -205,7 +230,7 @@ impl Default for StudyConfig {
                 batch_size: 32,
                 precompute_reference: true,
                 optim: OptimConfig {
-                    lr: 5e-4,
+                    lr: 5e-5,
                     ..OptimConfig::default()
                 },
             },
@@ -218,7 +243,7 @@ impl Default for StudyConfig {
                 batch_size: 32,
                 precompute_reference: true,
                 optim: OptimConfig {
-                    lr: 5e-4,
+                    lr: 5e-5,
                     ..OptimConfig::default()
                 },
             },
@@ -279,7 +304,8 @@ impl StudyConfig {
         self.data.online_prompts = 200;
         self.data.eval_prompts = 32;
         self.sft.steps = 300;
-        self.reward.steps = 80;
+        self.reward_pretrain.steps = 150;
+        self.reward.steps = 100;
         self.dpo.steps = 40;
         self.simpo.steps = 40;
         self.online.steps = 12;
@@ -292,6 +318,9 @@ impl StudyConfig {
     /// Checks every stage's settings before any compute.
     pub fn validate(&self) -> Result<(), TrainError> {
         self.sft.validate("sft")?;
+        if self.reward_pretrain.steps > 0 {
+            self.reward_pretrain.validate("reward_pretrain")?;
+        }
         self.reward.validate("reward")?;
         self.dpo.validate("dpo")?;
         self.simpo.validate("simpo")?;
@@ -322,7 +351,10 @@ impl StudyConfig {
                 });
             }
         }
-        for (f, m) in [("policy", &self.policy), ("reward_model", &self.reward_model)] {
+        for (f, m) in [
+            ("policy", &self.policy),
+            ("reward_model", &self.reward_model),
+        ] {
             if m.num_heads == 0 || m.hidden_size % m.num_heads != 0 {
                 return Err(TrainError::Config {
                     field: format!("{f}.num_heads"),
@@ -384,7 +416,6 @@ pub struct StudyOutput {
 
 struct Ctx {
     cfg: StudyConfig,
-    root: PathBuf,
     device: Device,
     train_device: Device,
     task: SyntheticTask,
@@ -395,8 +426,13 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Stage folders live in `<out_dir>/cache/`, shared by every run under `out_dir`: a
+    /// stage with the same inputs is never trained twice, whichever study asks for it.
     fn stage_dir(&self, stage: &str, key: &str) -> PathBuf {
-        self.root.join("stages").join(format!("{stage}-{key}"))
+        self.cfg
+            .out_dir
+            .join("cache")
+            .join(format!("{stage}-{key}"))
     }
 
     fn opts(&self, dir: PathBuf) -> RunOptions {
@@ -452,7 +488,6 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let pad = tok.pad_id().unwrap_or(0);
     let ctx = Ctx {
         cfg,
-        root: root.clone(),
         device,
         train_device,
         task,
@@ -468,7 +503,9 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     };
 
     // ---- Data.
-    let sft_ex = ctx.task.train_prompts(cfg.data.sft_examples + cfg.data.pairs + cfg.data.online_prompts);
+    let sft_ex = ctx
+        .task
+        .train_prompts(cfg.data.sft_examples + cfg.data.pairs + cfg.data.online_prompts);
     let (sft_part, rest) = sft_ex.split_at(cfg.data.sft_examples.min(sft_ex.len()));
     let (pair_part, online_part) = rest.split_at(cfg.data.pairs.min(rest.len()));
     let eval_ex = ctx.task.eval_prompts(cfg.data.eval_prompts);
@@ -492,10 +529,16 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         })
         .collect::<Result<_, TrainError>>()?;
 
+    let sft_data_rm = sft_data.clone();
+
     // ---- SFT.
     let pcfg = cfg.policy.config(vocab, ctx.eos, ctx.pad);
     let base_key = key_of(&[json(&cfg.task), json(&cfg.policy), cfg.seed.to_string()]);
-    let sft_key = key_of(&[base_key.clone(), json(&cfg.sft), json(&cfg.data.sft_examples)]);
+    let sft_key = key_of(&[
+        base_key.clone(),
+        json(&cfg.sft),
+        json(&cfg.data.sft_examples),
+    ]);
     let sft_dir = ctx.stage_dir("sft", &sft_key);
     let sft_model = if completed(&sft_dir, cfg.sft.steps) {
         say("sft: cached");
@@ -503,8 +546,21 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     } else {
         say("sft: training");
         let init = init_weights(&pcfg, HeadKind::CausalLm, cfg.seed, cfg.policy.init_std);
-        let m = causal_lm_from_map(&pcfg, &init, Path::new("<init>"), &ctx.train_device, Strictness::Strict)?;
-        let mut t = SftTrainer::new(cfg.sft.clone(), m, sft_data, held_out_sft, ctx.pad, mix(cfg.seed, 1, 0))?;
+        let m = causal_lm_from_map(
+            &pcfg,
+            &init,
+            Path::new("<init>"),
+            &ctx.train_device,
+            Strictness::Strict,
+        )?;
+        let mut t = SftTrainer::new(
+            cfg.sft.clone(),
+            m,
+            sft_data,
+            held_out_sft,
+            ctx.pad,
+            mix(cfg.seed, 1, 0),
+        )?;
         run_stage(&mut t, &ctx.opts(sft_dir.clone()))?;
         t.into_model()
     };
@@ -512,7 +568,14 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
 
     // ---- Preference pairs: two SFT samples per prompt, labelled by Bradley–Terry draws from
     // the gold score (Coste et al. 2023).
-    let pairs_key = key_of(&[sft_key.clone(), json(&cfg.data.pairs), json(&cfg.data.pair_temperature), json(&cfg.online.max_new_tokens)]);
+    let pairs_key = key_of(&[
+        sft_key.clone(),
+        json(&cfg.data.pairs),
+        json(&cfg.data.pair_temperature),
+        json(&cfg.data.drop_gold_ties),
+        json(&cfg.online.max_new_tokens),
+        json(&cfg.task.label_temperature),
+    ]);
     let pairs_dir = ctx.stage_dir("pairs", &pairs_key);
     let pairs_file = pairs_dir.join("pairs.jsonl");
     let gold = ctx.task.gold();
@@ -544,6 +607,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         let decode = ctx.decode_fn();
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, 0));
         let mut out = Vec::new();
+        let (mut ceiling, mut agree) = (0.0f64, 0.0f64);
         for pair in samples.chunks(2) {
             let p = &prompts[pair[0].prompt_index];
             let (a, b) = (&pair[0].response_ids, &pair[1].response_ids);
@@ -552,7 +616,19 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             }
             let ga = gold.score(&p.text, &decode(a)).total;
             let gb = gold.score(&p.text, &decode(b)).total;
-            let a_wins = rlhf_data::bradley_terry_label(ga, gb, cfg.task.label_temperature, &mut rng);
+            if cfg.data.drop_gold_ties && (ga - gb).abs() < rlhf_data::gold::TIE_EPS {
+                continue;
+            }
+            let a_wins =
+                rlhf_data::bradley_terry_label(ga, gb, cfg.task.label_temperature, &mut rng);
+            let p_a =
+                rlhf_data::bradley_terry_probability(ga, gb, cfg.task.label_temperature) as f64;
+            ceiling += p_a.max(1.0 - p_a);
+            agree += if (a_wins && ga > gb) || (!a_wins && gb > ga) {
+                1.0
+            } else {
+                0.0
+            };
             let (c, r) = if a_wins { (a, b) } else { (b, a) };
             out.push(PairExample {
                 prompt: p.ids.clone(),
@@ -561,14 +637,32 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             });
         }
         std::fs::create_dir_all(&pairs_dir).map_err(io(&pairs_dir))?;
+        let n = out.len().max(1) as f64;
+        let stats = serde_json::json!({
+            "pairs": out.len(),
+            "label_agrees_with_gold": agree / n,
+            "bayes_accuracy_ceiling": ceiling / n,
+        });
+        let sp = pairs_dir.join("stats.json");
+        std::fs::write(&sp, stats.to_string()).map_err(io(&sp))?;
         write_pairs(&pairs_file, &out)?;
         out
     };
     say(&format!("pairs: {} labelled pairs", pairs.len()));
 
     // ---- Proxy reward model (smaller, from scratch, finite data).
-    let rcfg = cfg.reward_model.config(vocab, ctx.eos, ctx.pad);
-    let rm_key = key_of(&[pairs_key.clone(), json(&cfg.reward_model), json(&cfg.reward)]);
+    let rcfg = if cfg.reward_from_sft {
+        pcfg.clone()
+    } else {
+        cfg.reward_model.config(vocab, ctx.eos, ctx.pad)
+    };
+    let rm_key = key_of(&[
+        pairs_key.clone(),
+        json(&cfg.reward_model),
+        json(&cfg.reward_from_sft),
+        json(&cfg.reward_pretrain),
+        json(&cfg.reward),
+    ]);
     let rm_dir = ctx.stage_dir("reward", &rm_key);
     let n_eval = ((pairs.len() as f64) * cfg.reward.eval_fraction).round() as usize;
     let held_pairs = pairs[pairs.len() - n_eval..].to_vec();
@@ -576,15 +670,83 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         say("reward model: cached");
         Checkpoint::open(&rm_dir.join("checkpoint/model"))?.reward_model(&ctx.device, 0)?
     } else {
+        let mut init = init_weights(
+            &rcfg,
+            HeadKind::Score,
+            mix(cfg.seed, 4, 0),
+            cfg.reward_model.init_std,
+        );
+        if cfg.reward_from_sft {
+            let score = init.remove("score.weight");
+            init = sft_plain.to_weight_map();
+            init.remove("lm_head.weight");
+            if let Some(s) = score {
+                init.insert("score.weight".into(), s);
+            }
+        } else if cfg.reward_pretrain.steps > 0 {
+            // Language-model pre-training of the (smaller) backbone on the SFT data.
+            let key = key_of(&[
+                base_key.clone(),
+                json(&cfg.reward_model),
+                json(&cfg.reward_pretrain),
+                json(&cfg.data.sft_examples),
+            ]);
+            let dir = ctx.stage_dir("reward_pretrain", &key);
+            let lm = if completed(&dir, cfg.reward_pretrain.steps) {
+                say("reward model pre-training: cached");
+                Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
+            } else {
+                say("reward model pre-training: language modelling on the SFT data");
+                let mut lcfg = rcfg.clone();
+                lcfg.tie_word_embeddings = false;
+                let lm_init = init_weights(
+                    &lcfg,
+                    HeadKind::CausalLm,
+                    mix(cfg.seed, 4, 1),
+                    cfg.reward_model.init_std,
+                );
+                let m = causal_lm_from_map(
+                    &lcfg,
+                    &lm_init,
+                    Path::new("<init>"),
+                    &ctx.train_device,
+                    Strictness::Strict,
+                )?;
+                let mut t = SftTrainer::new(
+                    cfg.reward_pretrain.clone(),
+                    m,
+                    sft_data_rm.clone(),
+                    Vec::new(),
+                    ctx.pad,
+                    mix(cfg.seed, 4, 2),
+                )?;
+                run_stage(&mut t, &ctx.opts(dir))?;
+                t.into_model().valid()
+            };
+            let score = init.remove("score.weight");
+            init = lm.to_weight_map();
+            init.remove("lm_head.weight");
+            if let Some(s) = score {
+                init.insert("score.weight".into(), s);
+            }
+        }
         say("reward model: training");
-        let init = init_weights(&rcfg, HeadKind::Score, mix(cfg.seed, 4, 0), cfg.reward_model.init_std);
         let m = reward_model_from_map(&rcfg, &init, Path::new("<init>"), &ctx.train_device, 0)?;
-        let mut t = RewardTrainer::new(cfg.reward.clone(), m, pairs.clone(), ctx.pad, mix(cfg.seed, 5, 0))?;
+        let mut t = RewardTrainer::new(
+            cfg.reward.clone(),
+            m,
+            pairs.clone(),
+            ctx.pad,
+            mix(cfg.seed, 5, 0),
+        )?;
         run_stage(&mut t, &ctx.opts(rm_dir.clone()))?;
         t.into_model().valid()
     };
     let (rm_accuracy, _) = RewardTrainer::accuracy(&rm, &held_pairs, ctx.pad, 64);
-    say(&format!("reward model: held-out pair accuracy {:.1}%", rm_accuracy * 100.0));
+    say(&format!(
+        "reward model: held-out pair accuracy {:.1}%",
+        rm_accuracy * 100.0
+    ));
 
     // ---- Offline DPO and SimPO from SFT on the pairs (training split of the RM's pairs).
     let train_pairs = pairs[..pairs.len() - n_eval].to_vec();
@@ -651,14 +813,21 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             let mut ocfg = cfg.online.clone();
             ocfg.regularizer = arm.regularizer;
             ocfg.optim.lr = *lr;
-            let key = key_of(&[rm_key.clone(), sft_key.clone(), json(&ocfg), json(&cfg.data.online_prompts), json(&cfg.data.eval_prompts)]);
+            let key = key_of(&[
+                rm_key.clone(),
+                sft_key.clone(),
+                json(&ocfg),
+                json(&cfg.data.online_prompts),
+                json(&cfg.data.eval_prompts),
+            ]);
             let label = format!("{}@lr{lr:e}", arm.name);
             let dir = ctx.stage_dir(&format!("online-{}-lr{lr:e}", arm.name), &key);
             if completed(&dir, ocfg.steps) {
                 say(&format!("online {label}: cached"));
             } else {
                 say(&format!("online {label}: training"));
-                let mut t = OnlineTrainer::new(&format!("online/{label}"), ocfg, setup(sft_model.clone()))?;
+                let mut t =
+                    OnlineTrainer::new(&format!("online/{label}"), ocfg, setup(sft_model.clone()))?;
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 let samples = dir.join("samples.jsonl");
                 t.log_samples_to(&samples)?;
@@ -709,7 +878,12 @@ fn read_pairs(path: &Path) -> Result<Vec<PairExample>, TrainError> {
     let ids = |v: &Value, line: usize, f: &str| -> Result<Vec<u32>, TrainError> {
         v.get(f)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect()
+            })
             .ok_or_else(|| TrainError::Format {
                 path: path.into(),
                 what: format!("line {line}: field `{f}`: expected a list of token ids"),
