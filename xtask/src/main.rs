@@ -152,18 +152,15 @@ fn ensure_lavapipe() -> Result<()> {
 
 fn ci(args: &[String]) -> Result<()> {
     let no_wgpu = args.iter().any(|a| a == "--no-wgpu");
-    let strict_wgpu = args.iter().any(|a| a == "--strict-wgpu");
     let t = Instant::now();
     fetch::run(&["smollm2".to_string()])?;
     validate()?;
     // The reduced study, with assertions on its report (every arm, finite numbers, DPO and
-    // SimPO above SFT on gold win rate), on the test build's profile.
+    // SimPO above SFT on gold win rate), on the test build's (dev) profile: one burn build.
     let mut study = cargo();
-    study
-        .args([
-            "run", "--quiet", "-p", "rlhf-cli", "--", "study", "--quick", "--check", "--quiet",
-        ])
-        .env("XTASK_PROFILE", "dev");
+    study.args([
+        "run", "--quiet", "-p", "rlhf-cli", "--", "study", "--quick", "--check", "--quiet",
+    ]);
     run("study --quick --check", study)?;
     if no_wgpu {
         eprintln!("SKIPPED: wgpu parity tests (--no-wgpu)");
@@ -180,13 +177,7 @@ fn ci(args: &[String]) -> Result<()> {
             "hf_parity",
         ])
         .env("RLHF_TEST_BACKEND", "wgpu");
-        if strict_wgpu {
-            run("parity on wgpu", c)?;
-        } else if let Err(e) = run("parity on wgpu", c) {
-            // Not yet gating: this step has not completed once on the project's machines.
-            // `--strict-wgpu` makes it fatal; flip the default once it has passed in CI.
-            eprintln!("WARNING: wgpu parity tests did not pass ({e}); see the output above");
-        }
+        run("parity on wgpu", c)?;
     }
     eprintln!("\nci: all steps passed in {:.0?}", t.elapsed());
     Ok(())
