@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rlhf_data::{ChatMessage, GgufBpeParts, Tokenizer, chatml};
-use rlhf_model::gguf::{GgufFile, GgufTokenizerParts, llama_to_hf, tokenizer_parts};
+use rlhf_data::{ChatMessage, chatml};
+use rlhf_model::gguf::{GgufFile, llama_to_hf, tokenizer_parts};
 
 fn model_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -28,22 +28,6 @@ fn fixture() -> serde_json::Value {
     let text = std::fs::read_to_string(&p).expect("reading expected.json");
     let all: serde_json::Value = serde_json::from_str(&text).expect("parsing expected.json");
     all["smollm2-135m-instruct-q4_1"].clone()
-}
-
-fn bpe_parts(p: GgufTokenizerParts) -> GgufBpeParts {
-    GgufBpeParts {
-        model: p.model,
-        pre: p.pre,
-        tokens: p.tokens,
-        merges: p.merges,
-        token_types: p.token_types,
-        bos_id: p.bos_id,
-        eos_id: p.eos_id,
-        pad_id: p.pad_id,
-        unk_id: p.unk_id,
-        add_bos: p.add_bos,
-        chat_template: p.chat_template,
-    }
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -67,7 +51,7 @@ fn tokenizer_from_gguf_matches_transformers() {
         (parts.bos_id, parts.eos_id, parts.pad_id),
         (Some(1), Some(2), Some(2))
     );
-    let tok = Tokenizer::from_gguf_parts(&bpe_parts(parts)).unwrap();
+    let tok = rlhf_train::assets::gguf_tokenizer(&file).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
     assert_eq!(tok.token_to_id("<|im_end|>"), Some(2));

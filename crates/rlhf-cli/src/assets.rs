@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::Device;
-use rlhf_data::{ChatMessage, GgufBpeParts, SMOLLM2_DEFAULT_SYSTEM, Tokenizer, chatml};
-use rlhf_model::{CausalLm, Checkpoint, gguf};
+use rlhf_data::{ChatMessage, SMOLLM2_DEFAULT_SYSTEM, Tokenizer, chatml};
+use rlhf_model::{CausalLm, Checkpoint};
 
 /// A causal LM and, when the source has one, its tokenizer.
 pub struct Assets {
@@ -28,31 +28,12 @@ impl Assets {
     }
 }
 
-/// Rebuilds the tokenizer stored in a GGUF file's metadata.
-pub fn gguf_tokenizer(file: &gguf::GgufFile) -> Result<Tokenizer> {
-    let p = gguf::tokenizer_parts(file)?;
-    let parts = GgufBpeParts {
-        model: p.model,
-        pre: p.pre,
-        tokens: p.tokens,
-        merges: p.merges,
-        token_types: p.token_types,
-        bos_id: p.bos_id,
-        eos_id: p.eos_id,
-        pad_id: p.pad_id,
-        unk_id: p.unk_id,
-        add_bos: p.add_bos,
-        chat_template: p.chat_template,
-    };
-    Ok(Tokenizer::from_gguf_parts(&parts)?)
-}
-
 /// Loads the model at `path` onto `device`, with its tokenizer when one is there.
 pub fn load(path: &Path, device: &Device) -> Result<Assets> {
     let ckpt = Checkpoint::open(path).with_context(|| format!("loading {}", path.display()))?;
     let model = ckpt.causal_lm(device)?;
     let tokenizer = match &ckpt.gguf {
-        Some(file) => Some(gguf_tokenizer(file)?),
+        Some(file) => Some(rlhf_train::assets::gguf_tokenizer(file)?),
         None => {
             let tj = path.join("tokenizer.json");
             if tj.exists() {

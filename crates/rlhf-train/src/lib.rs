@@ -7,6 +7,7 @@
 //! and `s` (data order and rollout seeds are derived from (seed, step)), so resuming from a
 //! checkpoint reproduces an uninterrupted run bit for bit on the same backend.
 
+pub mod assets;
 pub mod batch;
 pub mod common;
 pub mod config;

@@ -216,11 +216,7 @@ impl Stage for OfflineTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(load_policy(dir, &self.device)?);
-        let o = std::mem::replace(
-            &mut self.optim,
-            Optimizer::new(&self.cfg.optim, self.cfg.steps),
-        );
-        self.optim = o.load(&dir.join("optimizer.bpk"))?;
+        self.optim.reload(&dir.join("optimizer.bpk"))?;
         Ok(())
     }
 }

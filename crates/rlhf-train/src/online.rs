@@ -689,11 +689,7 @@ impl Stage for OnlineTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(load_policy(dir, &self.device)?);
-        let o = std::mem::replace(
-            &mut self.optim,
-            Optimizer::new(&self.cfg.optim, self.cfg.steps),
-        );
-        self.optim = o.load(&dir.join("optimizer.bpk"))?;
+        self.optim.reload(&dir.join("optimizer.bpk"))?;
         if self.value.is_some() {
             let map = rlhf_model::read_safetensors(&dir.join("value_head.safetensors"))?;
             self.value = Some(v_from_map(&map, &self.device));

@@ -108,6 +108,14 @@ impl Optimizer {
         })
     }
 
+    /// Restores the optimiser state from `path` in place.
+    pub fn reload(&mut self, path: &Path) -> Result<(), TrainError> {
+        let fresh = Optimizer::new(&self.cfg, self.total_steps);
+        let old = std::mem::replace(self, fresh);
+        *self = old.load(path)?;
+        Ok(())
+    }
+
     /// Restores the optimiser state from `path`.
     pub fn load(self, path: &Path) -> Result<Self, TrainError> {
         let inner = self.inner.load(path).map_err(|e| TrainError::Format {

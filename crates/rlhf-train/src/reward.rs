@@ -208,11 +208,7 @@ impl Stage for RewardTrainer {
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.model = Some(Checkpoint::open(&dir.join("model"))?.reward_model(&self.device, 0)?);
-        let o = std::mem::replace(
-            &mut self.optim,
-            Optimizer::new(&self.cfg.optim, self.cfg.steps),
-        );
-        self.optim = o.load(&dir.join("optimizer.bpk"))?;
+        self.optim.reload(&dir.join("optimizer.bpk"))?;
         Ok(())
     }
 }
