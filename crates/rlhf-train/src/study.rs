@@ -454,6 +454,23 @@ impl Ctx {
         Box::new(move |ids: &[u32]| tok.decode(ids, false).unwrap_or_default())
     }
 
+    /// SFT examples of `examples`: the prompt, and the completion `completion` picks.
+    fn sft_examples(
+        &self,
+        examples: &[rlhf_data::Example],
+        completion: impl Fn(&rlhf_data::Example) -> &String,
+    ) -> Result<Vec<SftExample>, TrainError> {
+        examples
+            .iter()
+            .map(|e| {
+                Ok(SftExample {
+                    prompt: self.encode(&e.prompt)?,
+                    completion: self.encode(completion(e))?,
+                })
+            })
+            .collect()
+    }
+
     fn prompts(&self, examples: &[rlhf_data::Example]) -> Result<Vec<OnlinePrompt>, TrainError> {
         examples
             .iter()
@@ -509,27 +526,9 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let (sft_part, rest) = sft_ex.split_at(cfg.data.sft_examples.min(sft_ex.len()));
     let (pair_part, online_part) = rest.split_at(cfg.data.pairs.min(rest.len()));
     let eval_ex = ctx.task.eval_prompts(cfg.data.eval_prompts);
-    let sft_data: Vec<SftExample> = sft_part
-        .iter()
-        .map(|e| {
-            Ok(SftExample {
-                prompt: ctx.encode(&e.prompt)?,
-                completion: ctx.encode(&e.reference)?,
-            })
-        })
-        .collect::<Result<_, TrainError>>()?;
+    let sft_data = ctx.sft_examples(sft_part, |e| &e.reference)?;
     let eval_prompts = ctx.prompts(&eval_ex)?;
-    let held_out_sft: Vec<SftExample> = eval_ex
-        .iter()
-        .map(|e| {
-            Ok(SftExample {
-                prompt: ctx.encode(&e.prompt)?,
-                completion: ctx.encode(&e.perfect)?,
-            })
-        })
-        .collect::<Result<_, TrainError>>()?;
-
-    let sft_data_rm = sft_data.clone();
+    let held_out_sft = ctx.sft_examples(&eval_ex, |e| &e.perfect)?;
 
     // ---- SFT.
     let pcfg = cfg.policy.config(vocab, ctx.eos, ctx.pad);
@@ -556,7 +555,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         let mut t = SftTrainer::new(
             cfg.sft.clone(),
             m,
-            sft_data,
+            sft_data.clone(),
             held_out_sft,
             ctx.pad,
             mix(cfg.seed, 1, 0),
@@ -715,7 +714,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                 let mut t = SftTrainer::new(
                     cfg.reward_pretrain.clone(),
                     m,
-                    sft_data_rm.clone(),
+                    sft_data.clone(),
                     Vec::new(),
                     ctx.pad,
                     mix(cfg.seed, 4, 2),
