@@ -150,6 +150,15 @@ pub struct BenchArgs {
     pub smollm2: Option<PathBuf>,
     /// Print one JSON object per result instead of a table.
     pub json: bool,
+    /// Only the workloads whose `"<model> <workload>"` contains one of these (all when empty).
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    fn wants(&self, model: &str, workload: &str) -> bool {
+        let name = format!("{model} {workload}");
+        self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()))
+    }
 }
 
 fn report(json_out: bool, rows: &mut Vec<serde_json::Value>, row: serde_json::Value) {
@@ -183,24 +192,34 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             &device,
             rlhf_model::Strictness::Strict,
         )?;
-        let tps = bench_forward(&model, w.batch, w.seq, reps, &device);
-        report(
-            args.json,
-            &mut rows,
-            json!({"backend": backend, "model": w.name, "workload": format!("forward {}x{}", w.batch, w.seq), "tokens_per_s": tps}),
-        );
-        let tps = bench_train(&w.cfg, w.batch, w.seq, steps, &device)?;
-        report(
-            args.json,
-            &mut rows,
-            json!({"backend": backend, "model": w.name, "workload": format!("train step {}x{}", w.batch, w.seq), "tokens_per_s": tps}),
-        );
+        let workload = format!("forward {}x{}", w.batch, w.seq);
+        if args.wants(w.name, &workload) {
+            let tps = bench_forward(&model, w.batch, w.seq, reps, &device);
+            report(
+                args.json,
+                &mut rows,
+                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
+            );
+        }
+        let workload = format!("train step {}x{}", w.batch, w.seq);
+        if args.wants(w.name, &workload) {
+            let tps = bench_train(&w.cfg, w.batch, w.seq, steps, &device)?;
+            report(
+                args.json,
+                &mut rows,
+                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
+            );
+        }
         for batch in [1usize, 8, 16, 32] {
+            let workload = format!("sample b{batch} prompt 16 new 48");
+            if !args.wants(w.name, &workload) {
+                continue;
+            }
             let tps = rlhf_rollout::bench_sampling(&model, batch, 16, 48, 0);
             report(
                 args.json,
                 &mut rows,
-                json!({"backend": backend, "model": w.name, "workload": format!("sample b{batch} prompt 16 new 48"), "tokens_per_s": tps}),
+                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
             );
         }
     }
@@ -208,13 +227,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let ckpt = rlhf_model::Checkpoint::open(path)?;
         let model = ckpt.causal_lm(&device)?;
         let name = "SmolLM2-135M";
-        let tps = bench_forward(&model, 4, 128, reps.min(3), &device);
-        report(
-            args.json,
-            &mut rows,
-            json!({"backend": backend, "model": name, "workload": "forward 4x128", "tokens_per_s": tps}),
-        );
+        if args.wants(name, "forward 4x128") {
+            let tps = bench_forward(&model, 4, 128, reps.min(3), &device);
+            report(
+                args.json,
+                &mut rows,
+                json!({"backend": backend, "model": name, "workload": "forward 4x128", "tokens_per_s": tps}),
+            );
+        }
         for batch in [1usize, 8, 32] {
+            if !args.wants(name, &format!("sample b{batch} prompt 32 new 32")) {
+                continue;
+            }
             let tps = rlhf_rollout::bench_sampling(&model, batch, 32, 32, 0);
             report(
                 args.json,

@@ -142,6 +142,10 @@ enum Cmd {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Run only the workloads whose "model workload" text contains this (for example
+        /// `--only "SmolLM2-135M sample b8"`); repeatable, any match runs.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -215,11 +219,13 @@ fn main() -> Result<()> {
             quick,
             smollm2,
             json,
+            only,
         } => bench::run(&bench::BenchArgs {
             backend,
             quick,
             smollm2,
             json,
+            only,
         }),
     }
 }

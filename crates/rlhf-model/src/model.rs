@@ -406,8 +406,15 @@ impl CausalLm {
         match &self.head.proj {
             Some(p) => p.forward(h),
             None => {
+                // One `[B·T, d] @ [d, V]` product: a broadcast batched matmul would run one
+                // product per row and read the whole `[V, d]` embedding B times (at decode time,
+                // B matrix-vector products over SmolLM2's 28M-parameter embedding per step).
+                let [b, t, d] = h.dims();
                 let w = self.decoder.embed.val(); // [V, d]
-                h.matmul(w.transpose().unsqueeze::<3>())
+                let v = w.dims()[0];
+                h.reshape([b * t, d])
+                    .matmul(w.transpose())
+                    .reshape([b, t, v])
             }
         }
     }

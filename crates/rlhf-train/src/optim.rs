@@ -25,7 +25,13 @@ struct NormSq<'a> {
 impl ModuleVisitor for NormSq<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum();
+            // Row sums of a `[rows, last]` view, then the sum of the rows: burn's CPU backend
+            // reduces each row in one task, while a whole-tensor sum of 4M+ elements is split
+            // across threads in an order that can change from run to run.
+            let dims = g.dims();
+            let last = dims[D - 1].max(1);
+            let rows = g.shape().num_elements() / last;
+            let s = g.reshape([rows, last]).square().sum_dim(1).sum();
             self.acc = Some(match self.acc.take() {
                 Some(a) => a + s,
                 None => s,
