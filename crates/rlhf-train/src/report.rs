@@ -278,13 +278,15 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
     );
     let _ = writeln!(
         md,
-        "Pipeline: SFT on {} prompts with mixed-quality references -> {} preference pairs from SFT \
-         samples, labelled by Bradley–Terry draws from the gold score (temperature {}) -> proxy \
-         reward model (d{} L{}, smaller than the d{} L{} policy), held-out pair accuracy **{:.1}%** \
-         -> offline DPO and SimPO -> online RLOO (k = {}, {} prompts/step, {} steps, temperature \
-         {:?}, missing-EOS penalty {}) for each arm at learning rates {:?}.\n",
+        "Pipeline: SFT on {} prompts with mixed-quality references -> {} preference pairs of two SFT \
+         samples (temperatures {} and {}), labelled by Bradley–Terry draws from the gold score \
+         (temperature {}) -> proxy reward model (d{} L{}, smaller than the d{} L{} policy), held-out \
+         pair accuracy **{:.1}%** -> offline DPO and SimPO -> online RLOO (k = {}, {} prompts/step, {} \
+         steps, sampling `{}`, missing-EOS penalty {}) for each arm at learning rates {:?}.\n",
         cfg.data.sft_examples,
         inp.pairs,
+        cfg.data.pair_temperatures[0],
+        cfg.data.pair_temperatures[1],
         cfg.task.label_temperature,
         cfg.reward_model.hidden_size,
         cfg.reward_model.num_layers,
@@ -294,7 +296,7 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         cfg.online.samples_per_prompt,
         cfg.online.prompts_per_step,
         cfg.online.steps,
-        cfg.online.sampling,
+        serde_json::to_string(&cfg.online.sampling).unwrap_or_default(),
         cfg.online.missing_eos_penalty,
         cfg.learning_rates
     );

@@ -93,8 +93,11 @@ pub struct DataSizes {
     pub online_prompts: usize,
     /// Held-out prompts for evaluation.
     pub eval_prompts: usize,
-    /// Sampling temperature of the SFT samples that make the pairs.
-    pub pair_temperature: f64,
+    /// Sampling temperatures of the two SFT samples of each pair (first, second). Different
+    /// temperatures give pairs of more different quality, as data sets collected from several
+    /// policies and temperatures do (Stiennon et al. 2020); the label is the gold
+    /// Bradley–Terry draw either way.
+    pub pair_temperatures: [f64; 2],
     /// Drop pairs whose two responses have the same gold score: their Bradley–Terry label is
     /// a coin flip and carries no preference.
     pub drop_gold_ties: bool,
@@ -107,7 +110,7 @@ impl Default for DataSizes {
             pairs: 3000,
             online_prompts: 2000,
             eval_prompts: 128,
-            pair_temperature: 1.5,
+            pair_temperatures: [0.7, 1.5],
             drop_gold_ties: true,
         }
     }
@@ -341,6 +344,15 @@ impl StudyConfig {
                 });
             }
         }
+        for (i, t) in self.data.pair_temperatures.iter().enumerate() {
+            if !(t.is_finite() && *t > 0.0) {
+                return Err(TrainError::Config {
+                    field: format!("data.pair_temperatures[{i}]"),
+                    value: t.to_string(),
+                    expected: "a finite temperature > 0".into(),
+                });
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for a in &self.arms {
             if !names.insert(&a.name) || a.name.is_empty() || a.name.contains('/') {
@@ -570,7 +582,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let pairs_key = key_of(&[
         sft_key.clone(),
         json(&cfg.data.pairs),
-        json(&cfg.data.pair_temperature),
+        json(&cfg.data.pair_temperatures),
         json(&cfg.data.drop_gold_ties),
         json(&cfg.online.max_new_tokens),
         json(&cfg.task.label_temperature),
@@ -585,23 +597,31 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         say("pairs: sampling and gold-labelling");
         let prompts = ctx.prompts(pair_part)?;
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let generation = GenerationConfig {
-            sampling: Sampling::temperature(cfg.data.pair_temperature),
-            max_new_tokens: cfg.online.max_new_tokens,
-            stop_token_ids: vec![ctx.eos],
-            samples_per_prompt: 2,
-            seed: mix(cfg.seed, 2, 0),
-        };
+        // samples[2i] and samples[2i + 1] are the two responses to prompt i, drawn at the two
+        // pair temperatures from separate seeded streams.
         let mut samples = Vec::new();
         for (ci, chunk) in ids.chunks(64).enumerate() {
-            let mut g = generation.clone();
-            g.seed = mix(cfg.seed, 2, ci as u64);
-            let mut s = rlhf_rollout::generate(&sft_plain, chunk, &g);
-            s.sort_by_key(|x| (x.prompt_index, x.sample_index));
-            for x in &mut s {
-                x.prompt_index += ci * 64;
+            let mut sides = Vec::with_capacity(2);
+            for (side, &temperature) in cfg.data.pair_temperatures.iter().enumerate() {
+                let generation = GenerationConfig {
+                    sampling: Sampling::temperature(temperature),
+                    max_new_tokens: cfg.online.max_new_tokens,
+                    stop_token_ids: vec![ctx.eos],
+                    samples_per_prompt: 1,
+                    seed: mix(cfg.seed, 2, (ci * 2 + side) as u64),
+                };
+                let mut s = rlhf_rollout::generate(&sft_plain, chunk, &generation);
+                s.sort_by_key(|x| x.prompt_index);
+                sides.push(s);
             }
-            samples.extend(s);
+            let second = sides.pop().expect("two sides");
+            let first = sides.pop().expect("two sides");
+            for (mut a, mut b) in first.into_iter().zip(second) {
+                a.prompt_index += ci * 64;
+                b.prompt_index += ci * 64;
+                samples.push(a);
+                samples.push(b);
+            }
         }
         let decode = ctx.decode_fn();
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, 0));
