@@ -66,6 +66,14 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR` if set, relative to the workspace root).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -87,21 +95,22 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
 }
 
 fn validate() -> Result<()> {
+    validate_with(&[])
+}
+
+/// fmt, clippy and the tests, with `features` passed to clippy and the tests (one build).
+fn validate_with(features: &[&str]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run("fmt", fmt)?;
     let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    clippy
+        .args(["clippy", "--workspace", "--all-targets"])
+        .args(features)
+        .args(["--", "-D", "warnings"]);
     run("clippy", clippy)?;
     let mut test = cargo();
-    test.args(["test", "--workspace"]);
+    test.args(["test", "--workspace"]).args(features);
     run("test", test)?;
     Ok(())
 }
@@ -154,33 +163,72 @@ fn ci(args: &[String]) -> Result<()> {
     let no_wgpu = args.iter().any(|a| a == "--no-wgpu");
     let t = Instant::now();
     fetch::run(&["smollm2".to_string()])?;
-    validate()?;
-    // The reduced study, with assertions on its report (every arm, finite numbers, DPO and
-    // SimPO above SFT on gold win rate), on the test build's (dev) profile: one burn build.
-    let mut study = cargo();
-    study.args([
-        "run", "--quiet", "-p", "rlhf-cli", "--", "study", "--quick", "--check", "--quiet",
-    ]);
-    run("study --quick --check", study)?;
-    if no_wgpu {
+    // Every step builds with the same features so that burn (the bulk of a cold build) is
+    // compiled once, in the dev profile (dependencies optimised), with wgpu compiled in: the CPU
+    // tests, the CLI for the study and the wgpu parity tests all share that build.
+    const WGPU: &[&str] = &["--features", "rlhf-tests/wgpu,rlhf-cli/wgpu"];
+    let features: &[&str] = if no_wgpu {
         eprintln!("SKIPPED: wgpu parity tests (--no-wgpu)");
+        &[]
     } else {
         ensure_lavapipe()?;
-        let mut c = cargo();
-        c.args([
-            "test",
-            "-p",
-            "rlhf-tests",
-            "--features",
-            "wgpu",
-            "--test",
-            "hf_parity",
-        ])
-        .env("RLHF_TEST_BACKEND", "wgpu");
+        WGPU
+    };
+    validate_with(features)?;
+    // The reduced study, with assertions on its report (every arm, finite numbers, DPO and
+    // SimPO above SFT on gold win rate), on the workspace's dev build of the CLI.
+    let mut build = cargo();
+    build.args(["build", "--workspace"]).args(features);
+    run("build the CLI", build)?;
+    let mut study = Command::new(target_dir().join("debug/rlhf"));
+    study
+        .current_dir(root())
+        .args(["study", "--quick", "--check", "--quiet"]);
+    run("study --quick --check", study)?;
+    if !no_wgpu {
+        // The parity tests again on wgpu, from the test binary the test step built: a cargo
+        // invocation that selects one test target resolves features without the other
+        // members' dev-dependencies and would rebuild burn.
+        let exe = test_executable(features, "hf_parity")?;
+        let mut c = Command::new(exe);
+        c.current_dir(root().join("tests"))
+            .env("RLHF_TEST_BACKEND", "wgpu");
         run("parity on wgpu", c)?;
     }
     eprintln!("\nci: all steps passed in {:.0?}", t.elapsed());
     Ok(())
+}
+
+/// The path of the integration-test binary `name` of the workspace test build with `features`
+/// (built already by the test step; `--no-run` only reports it).
+fn test_executable(features: &[&str], name: &str) -> Result<PathBuf> {
+    let out = cargo()
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .args(features)
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!(
+            "cargo test --no-run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let target = &msg["target"];
+        let is_test = target["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|x| x == "test"));
+        if is_test
+            && target["name"] == name
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("no test binary `{name}` in the workspace test build")
 }
 
 /// Runs the study once per seed and writes one comparison report (`rlhf study --seeds`).
