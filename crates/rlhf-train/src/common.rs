@@ -74,6 +74,29 @@ pub fn optimise<M: Module>(
     Ok((module, loss_v, norm, lr))
 }
 
+/// [`optimise`] on the module held in `slot` (a trainer's `Option<M>`): the updated module goes
+/// back into the slot, and on an error (non-finite loss or gradient) the module as it was before
+/// the step does, so that the trainer can still save or report it. Returns (loss, grad_norm, lr).
+pub fn optimise_slot<M: Module>(
+    stage: &str,
+    step: usize,
+    slot: &mut Option<M>,
+    optim: &mut Optimizer,
+    loss: Tensor<1>,
+) -> Result<(f64, f64, f64), TrainError> {
+    let module = slot.take().expect("model present");
+    match optimise(stage, step, module.clone(), optim, loss) {
+        Ok((updated, loss, norm, lr)) => {
+            *slot = Some(updated);
+            Ok((loss, norm, lr))
+        }
+        Err(e) => {
+            *slot = Some(module);
+            Err(e)
+        }
+    }
+}
+
 /// Refuses weights with a NaN or infinite value: an update that finished with a finite loss
 /// and gradient norm can still leave a parameter non-finite (an absurd learning rate), and a
 /// checkpoint of such weights would replace the last good one. The error's stage and step are

@@ -11,7 +11,7 @@ use rlhf_model::CausalLm;
 use rlhf_objectives::{PreferenceBatch, SequenceLogps};
 
 use crate::batch::{SeqBatch, completion_logps, to_vec};
-use crate::common::{batch_indices, load_policy, optimise, save_policy};
+use crate::common::{batch_indices, load_policy, optimise_slot, save_policy};
 use crate::config::OfflineConfig;
 use crate::error::TrainError;
 use crate::metrics::Metrics;
@@ -182,9 +182,9 @@ impl Stage for OfflineTrainer {
         let ex: Vec<&PairExample> = idx.iter().map(|&i| &self.data[i]).collect();
         let (c, r) = batches(&ex, self.pad, &self.device);
         let reference = self.reference_logps(&idx, &c, &r);
-        let model = self.model.take().expect("model present");
-        let pc = completion_logps(&model, &c);
-        let pr = completion_logps(&model, &r);
+        let model = self.model.as_ref().expect("model present");
+        let pc = completion_logps(model, &c);
+        let pr = completion_logps(model, &r);
         let mut batch = PreferenceBatch::new(pc, pr);
         if let Some((rc, rr)) = reference {
             batch = batch.with_reference(rc, rr);
@@ -192,15 +192,8 @@ impl Stage for OfflineTrainer {
         let out = self.cfg.loss.forward(&batch);
         let mut m = Metrics::new();
         m.extend(out.metrics());
-        let res = optimise(&self.name, step, model.clone(), &mut self.optim, out.loss);
-        let (model, _loss, norm, lr) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e);
-            }
-        };
-        self.model = Some(model);
+        let (_loss, norm, lr) =
+            optimise_slot(&self.name, step, &mut self.model, &mut self.optim, out.loss)?;
         m.set("grad_norm", norm);
         m.set("lr", lr);
         Ok(m)

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use rlhf_model::{Checkpoint, HeadKind, RewardModel, save_hf};
 
 use crate::batch::{SeqBatch, reward_scores, scalar, to_vec};
-use crate::common::{batch_indices, optimise};
+use crate::common::{batch_indices, optimise_slot};
 use crate::config::RewardConfig;
 use crate::error::TrainError;
 use crate::metrics::Metrics;
@@ -158,22 +158,15 @@ impl Stage for RewardTrainer {
         let idx = batch_indices(self.train.len(), self.cfg.batch_size, self.seed, step);
         let ex: Vec<&PairExample> = idx.iter().map(|&i| &self.train[i]).collect();
         let (c, r) = pair_batches(&ex, self.pad, &self.device);
-        let model = self.model.take().expect("model present");
+        let model = self.model.as_ref().expect("model present");
         let out = self
             .cfg
             .loss
-            .forward(reward_scores(&model, &c), reward_scores(&model, &r), None);
+            .forward(reward_scores(model, &c), reward_scores(model, &r), None);
         let acc = scalar(out.accuracy.clone());
         let margin = scalar(out.margins.clone().mean());
-        let res = optimise("reward", step, model.clone(), &mut self.optim, out.loss);
-        let (model, loss, norm, lr) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e);
-            }
-        };
-        self.model = Some(model);
+        let (loss, norm, lr) =
+            optimise_slot("reward", step, &mut self.model, &mut self.optim, out.loss)?;
         let mut m = Metrics::new();
         m.extend([
             ("loss", loss),

@@ -8,7 +8,7 @@ use rlhf_model::CausalLm;
 use rlhf_objectives::masked_sum;
 
 use crate::batch::{SeqBatch, forward_logps, scalar};
-use crate::common::{batch_indices, load_policy, optimise, save_policy};
+use crate::common::{batch_indices, load_policy, optimise_slot, save_policy};
 use crate::config::SftConfig;
 use crate::error::TrainError;
 use crate::metrics::Metrics;
@@ -127,17 +127,9 @@ impl Stage for SftTrainer {
         let idx = batch_indices(self.data.len(), self.cfg.batch_size, self.seed, step);
         let ex: Vec<&SftExample> = idx.iter().map(|&i| &self.data[i]).collect();
         let batch = self.batch(&ex);
-        let model = self.model.take().expect("model present");
-        let (loss, tokens) = Self::loss(&model, &batch);
-        let (model, loss_v, norm, lr) =
-            match optimise("sft", step, model.clone(), &mut self.optim, loss) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.model = Some(model);
-                    return Err(e);
-                }
-            };
-        self.model = Some(model);
+        let (loss, tokens) = Self::loss(self.model.as_ref().expect("model present"), &batch);
+        let (loss_v, norm, lr) =
+            optimise_slot("sft", step, &mut self.model, &mut self.optim, loss)?;
         let mut m = Metrics::new();
         m.set("loss", loss_v);
         m.set("grad_norm", norm);
