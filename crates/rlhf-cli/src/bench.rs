@@ -223,11 +223,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    if let Some(path) = &args.smollm2 {
+    let name = "SmolLM2-135M";
+    let sampling = |batch: usize| format!("sample b{batch} prompt 32 new 32");
+    let smol_batches: Vec<usize> = [1usize, 8, 32]
+        .into_iter()
+        .filter(|&b| args.wants(name, &sampling(b)))
+        .collect();
+    let smol_forward = args.wants(name, "forward 4x128");
+    if let Some(path) = args
+        .smollm2
+        .as_ref()
+        .filter(|_| smol_forward || !smol_batches.is_empty())
+    {
         let ckpt = rlhf_model::Checkpoint::open(path)?;
         let model = ckpt.causal_lm(&device)?;
-        let name = "SmolLM2-135M";
-        if args.wants(name, "forward 4x128") {
+        if smol_forward {
             let tps = bench_forward(&model, 4, 128, reps.min(3), &device);
             report(
                 args.json,
@@ -235,15 +245,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 json!({"backend": backend, "model": name, "workload": "forward 4x128", "tokens_per_s": tps}),
             );
         }
-        for batch in [1usize, 8, 32] {
-            if !args.wants(name, &format!("sample b{batch} prompt 32 new 32")) {
-                continue;
-            }
+        for batch in smol_batches {
             let tps = rlhf_rollout::bench_sampling(&model, batch, 32, 32, 0);
             report(
                 args.json,
                 &mut rows,
-                json!({"backend": backend, "model": name, "workload": format!("sample b{batch} prompt 32 new 32"), "tokens_per_s": tps}),
+                json!({"backend": backend, "model": name, "workload": sampling(batch), "tokens_per_s": tps}),
             );
         }
     }

@@ -693,8 +693,10 @@ impl Stage for OnlineTrainer {
         if self.value.is_some() {
             let map = rlhf_model::read_safetensors(&dir.join("value_head.safetensors"))?;
             self.value = Some(v_from_map(&map, &self.device));
-            let o = self.value_optim.take().expect("value optimiser");
-            self.value_optim = Some(o.load(&dir.join("value_optimizer.bpk"))?);
+            self.value_optim
+                .as_mut()
+                .expect("value optimiser")
+                .reload(&dir.join("value_optimizer.bpk"))?;
         }
         Ok(())
     }
