@@ -547,7 +547,7 @@ fn online_setup(seed: u64) -> OnlineSetup {
         policy: policy_on(1, &train_device()),
         reference: policy_on(1, &test_device()),
         reward_model: reward_model_on(2, &test_device()),
-        gold: Box::new(t.gold()),
+        gold: Some(Box::new(t.gold())),
         decode: Box::new(move |ids: &[u32]| tok.decode(ids, false).expect("ids decode")),
         prompts: online_prompts(8, false),
         eval_prompts: online_prompts(2, true),

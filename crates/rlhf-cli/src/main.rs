@@ -100,6 +100,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Train: one stage or a pipeline of stages from a TOML file (see docs/cli.md).
+    Train {
+        /// The stage or pipeline file.
+        file: PathBuf,
+        /// Override a field: `--set stages.sft.sft.steps=50` (single-stage files:
+        /// `--set sft.steps=50`, `--set data=FILE`); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The run folder (default: the file's `out`, else runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Execution backend: cpu (Flex), ndarray, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+        /// Stop after STAGE:STEPS, with a checkpoint (for tests of resumption).
+        #[arg(long, hide = true, value_name = "STAGE:STEPS")]
+        stop_after: Option<String>,
+    },
     /// Run the built-in study (SFT, reward model, DPO/SimPO, online RLOO arms) and write a report.
     Study {
         /// A TOML study config (default: the built-in study).
@@ -206,6 +227,14 @@ fn main() -> Result<()> {
             check,
             seeds,
         } => study(config, &sets, quick, quiet, check, seeds),
+        Cmd::Train {
+            file,
+            sets,
+            out,
+            backend,
+            quiet,
+            stop_after,
+        } => train(&file, sets, out, backend, quiet, stop_after),
         Cmd::Theory { seed } => {
             let report = rlhf_objectives::theory::run(seed);
             println!("{report}");
@@ -373,6 +402,43 @@ fn generate(
         );
     }
     Ok(())
+}
+
+fn train(
+    file: &std::path::Path,
+    mut sets: Vec<String>,
+    out: Option<PathBuf>,
+    backend: BackendKind,
+    quiet: bool,
+    stop_after: Option<String>,
+) -> Result<()> {
+    if let Some(o) = out {
+        let o = std::path::absolute(&o).with_context(|| format!("--out {}", o.display()))?;
+        sets.push(format!("out={}", toml_string(&o.display().to_string())));
+    }
+    let stop_after = match stop_after {
+        None => None,
+        Some(s) => {
+            let (stage, n) = s
+                .rsplit_once(':')
+                .context("--stop-after: expected STAGE:STEPS")?;
+            Some((stage.to_string(), n.parse().context("--stop-after: STEPS")?))
+        }
+    };
+    let spec = rlhf_train::pipeline::load_pipeline(file, &sets)?;
+    let opts = rlhf_train::pipeline::TrainOptions {
+        backend,
+        live: !quiet,
+        stop_after,
+    };
+    let out = rlhf_train::pipeline::run_pipeline(&spec, &opts)?;
+    println!("report: {}", out.report.display());
+    Ok(())
+}
+
+/// `text` as a TOML basic string (for `--set` values built here).
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
 }
 
 fn study(

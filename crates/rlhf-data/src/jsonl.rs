@@ -49,11 +49,14 @@ use crate::error::DataError;
 use crate::tokenizer::Tokenizer;
 
 /// A chat template: renders messages, with or without the generation prompt.
-pub type ChatTemplateFn = dyn Fn(&[ChatMessage], bool) -> String;
+pub type ChatTemplateFn = dyn Fn(&[ChatMessage], bool) -> Result<String, DataError>;
 
 /// Plain ChatML ([`chatml`] without a default system message).
-pub fn default_chat_template(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-    chatml(messages, add_generation_prompt, None)
+pub fn default_chat_template(
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<String, DataError> {
+    Ok(chatml(messages, add_generation_prompt, None))
 }
 
 /// What a text field must hold (used in error messages).
@@ -75,9 +78,9 @@ impl Text {
     }
 
     /// The text as a prompt: as is, or `template(messages, true)`.
-    pub fn render_prompt(&self, template: &ChatTemplateFn) -> String {
+    pub fn render_prompt(&self, template: &ChatTemplateFn) -> Result<String, DataError> {
         match self {
-            Self::Standard(s) => s.clone(),
+            Self::Standard(s) => Ok(s.clone()),
             Self::Conversational(m) => template(m, true),
         }
     }
@@ -121,10 +124,10 @@ pub fn render_completion(
     match (prompt, completion) {
         (Text::Standard(_), Text::Standard(c)) => Ok(c.clone()),
         (Text::Conversational(p), Text::Conversational(c)) => {
-            let head = template(p, true);
+            let head = template(p, true)?;
             let mut all = p.clone();
             all.extend(c.iter().cloned());
-            let full = template(&all, false);
+            let full = template(&all, false)?;
             full.strip_prefix(head.as_str())
                 .map(str::to_owned)
                 .ok_or_else(|| DataError::ChatTemplate {
@@ -480,7 +483,7 @@ impl PreferenceRecord {
     /// The pair as text (see the module docs on rendering).
     pub fn render(&self, template: &ChatTemplateFn) -> Result<RenderedPreference, DataError> {
         Ok(RenderedPreference {
-            prompt: self.prompt.render_prompt(template),
+            prompt: self.prompt.render_prompt(template)?,
             chosen: render_completion(&self.prompt, &self.chosen, template)?,
             rejected: render_completion(&self.prompt, &self.rejected, template)?,
         })
@@ -491,7 +494,7 @@ impl SftRecord {
     /// The pair as text (see the module docs on rendering).
     pub fn render(&self, template: &ChatTemplateFn) -> Result<RenderedSft, DataError> {
         Ok(RenderedSft {
-            prompt: self.prompt.render_prompt(template),
+            prompt: self.prompt.render_prompt(template)?,
             completion: render_completion(&self.prompt, &self.completion, template)?,
         })
     }
@@ -623,7 +626,7 @@ pub fn tokenize_prompts(
 ) -> Result<Vec<Vec<u32>>, DataError> {
     records
         .iter()
-        .map(|r| cfg.prompt_ids(tok, &r.prompt.render_prompt(template)))
+        .map(|r| cfg.prompt_ids(tok, &r.prompt.render_prompt(template)?))
         .collect()
 }
 
@@ -810,7 +813,7 @@ mod tests {
             if add_gen {
                 s.push_str("assistant: ");
             }
-            s
+            Ok(s)
         };
         // Not a prefix: "assistant: " vs "assistant: Blue.\n" is a prefix, so this works.
         let r = recs[1].render(&upper).unwrap();

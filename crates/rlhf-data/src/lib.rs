@@ -11,6 +11,7 @@ pub mod error;
 pub mod gold;
 pub mod jsonl;
 pub mod synthetic;
+pub mod template;
 pub mod tokenizer;
 
 pub use batch::{Batcher, PadSide, Padded, pad_batch};
@@ -29,6 +30,7 @@ pub use synthetic::{
     Example, Fact, GoldConfig, RefQuality, ReferenceMix, SyntheticConfig, SyntheticGold,
     SyntheticTask,
 };
+pub use template::ChatTemplate;
 pub use tokenizer::{
     BYTE_BOS_ID, BYTE_EOS_ID, BYTE_PAD_ID, BYTE_VOCAB_SIZE, GgufBpeParts, Tokenizer,
 };

@@ -166,8 +166,55 @@ impl Tokenizer {
             tok.bos = bos.or(tok.bos);
             tok.eos = eos.or(tok.eos);
             tok.pad = pad.or(tok.pad);
+            // Written by `save_hf_files` for tokenizers whose BOS rule is ours (GGUF), not the
+            // tokenizer.json post-processor's.
+            tok.add_bos = cfg.get("rlhf_add_bos_token").and_then(|v| v.as_bool()) == Some(true);
         }
         Ok(tok)
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (special tokens, and the chat
+    /// template when given) into `dir`, so that [`Tokenizer::from_file`] and transformers'
+    /// `AutoTokenizer` load the same tokenizer back. The byte tokenizer has no such files: it
+    /// is an error.
+    pub fn save_hf_files(&self, dir: &Path, chat_template: Option<&str>) -> Result<(), DataError> {
+        let Inner::Hf(hf) = &self.inner else {
+            return Err(DataError::Format {
+                path: dir.into(),
+                expected: "a tokenizer with a tokenizer.json form".into(),
+                detail: "the byte tokenizer of the synthetic tasks has none".into(),
+            });
+        };
+        let tj = dir.join("tokenizer.json");
+        hf.save(&tj, false)
+            .map_err(|source| DataError::TokenizerFile {
+                path: tj.clone(),
+                source,
+            })?;
+        let name = |id: Option<u32>| id.and_then(|i| self.id_to_token(i));
+        let mut cfg = serde_json::Map::new();
+        for (k, id) in [
+            ("bos_token", self.bos),
+            ("eos_token", self.eos),
+            ("pad_token", self.pad),
+        ] {
+            if let Some(t) = name(id) {
+                cfg.insert(k.into(), serde_json::Value::String(t));
+            }
+        }
+        cfg.insert("add_bos_token".into(), self.add_bos.into());
+        cfg.insert("rlhf_add_bos_token".into(), self.add_bos.into());
+        cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        if let Some(t) = chat_template {
+            cfg.insert("chat_template".into(), t.into());
+        }
+        let p = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg)).expect("json");
+        std::fs::write(&p, text).map_err(|source| DataError::Io {
+            path: p,
+            what: "writing tokenizer_config.json".into(),
+            source,
+        })
     }
 
     /// Wraps an already-built `tokenizers` pipeline; special ids are guessed from token names

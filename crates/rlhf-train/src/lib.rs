@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod offline;
 pub mod online;
 pub mod optim;
+pub mod pipeline;
+pub mod progress;
 pub mod report;
 pub mod reward;
 pub mod runner;

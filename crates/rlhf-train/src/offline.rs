@@ -169,6 +169,10 @@ impl OfflineTrainer {
 }
 
 impl Stage for OfflineTrainer {
+    fn policy(&self) -> Option<&CausalLm> {
+        self.model.as_ref()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

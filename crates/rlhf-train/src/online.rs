@@ -59,8 +59,8 @@ pub struct OnlineSetup {
     pub reference: CausalLm,
     /// The proxy reward model, on a plain device.
     pub reward_model: RewardModel,
-    /// The held-out gold scorer.
-    pub gold: Box<dyn GoldScorer + Send + Sync>,
+    /// The held-out gold scorer (a judge), if any: `gold/*` metrics are logged only with one.
+    pub gold: Option<Box<dyn GoldScorer + Send + Sync>>,
     /// Token ids -> text.
     pub decode: Decoder,
     /// Training prompts.
@@ -229,10 +229,18 @@ impl OnlineTrainer {
     }
 
     /// Samples and scores responses for `prompts` (proxy, penalty, gold, win vs reference).
-    fn rollout(&self, prompts: &[&OnlinePrompt], generation: &GenerationConfig) -> Scored {
+    fn rollout(
+        &self,
+        prompts: &[&OnlinePrompt],
+        generation: &GenerationConfig,
+    ) -> Result<Scored, TrainError> {
         let policy = self.model.as_ref().expect("model").valid();
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let mut samples = rlhf_rollout::generate(&policy, &ids, generation);
+        let mut samples = rlhf_rollout::try_generate(&policy, &ids, generation).map_err(|e| {
+            TrainError::Mismatch {
+                what: format!("{}: sampling: {e}", self.name),
+            }
+        })?;
         samples.sort_by_key(|s| (s.prompt_index, s.sample_index));
         let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
@@ -250,22 +258,24 @@ impl OnlineTrainer {
         );
         let mut gold = Vec::with_capacity(samples.len());
         let mut wins = Vec::with_capacity(samples.len());
-        for s in &samples {
-            let pr = prompts[s.prompt_index];
-            let text = (self.s.decode)(&s.response_ids);
-            let g = self.s.gold.score(&pr.text, &text).total;
-            let r = self.s.gold.score(&pr.text, &pr.reference).total;
-            gold.push(g);
-            wins.push(rlhf_data::win(g, r));
+        if let Some(judge) = &self.s.gold {
+            for s in &samples {
+                let pr = prompts[s.prompt_index];
+                let text = (self.s.decode)(&s.response_ids);
+                let g = judge.score(&pr.text, &text).total;
+                let r = judge.score(&pr.text, &pr.reference).total;
+                gold.push(g);
+                wins.push(rlhf_data::win(g, r));
+            }
         }
-        Scored {
+        Ok(Scored {
             samples,
             scores_raw,
             scores,
             contains_eos,
             gold,
             wins,
-        }
+        })
     }
 
     fn completion_metrics(&self, sc: &Scored, m: &mut Metrics, prefix: &str) {
@@ -276,8 +286,10 @@ impl OnlineTrainer {
             format!("{prefix}objective/scores_raw"),
             mean(&sc.scores_raw),
         );
-        m.set(format!("{prefix}gold/score"), mean(&sc.gold));
-        m.set(format!("{prefix}gold/win_rate"), mean(&sc.wins));
+        if self.s.gold.is_some() {
+            m.set(format!("{prefix}gold/score"), mean(&sc.gold));
+            m.set(format!("{prefix}gold/win_rate"), mean(&sc.wins));
+        }
         let eos = sc.contains_eos.iter().filter(|&&e| e).count() as f64;
         m.set(format!("{prefix}val/num_eos_tokens"), eos);
         m.set(format!("{prefix}val/eos_rate"), eos / n);
@@ -347,7 +359,7 @@ impl OnlineTrainer {
                 "response": (self.s.decode)(&s.response_ids),
                 "reference": prompts[s.prompt_index].reference,
                 "proxy_score": sc.scores[i], "proxy_score_raw": sc.scores_raw[i],
-                "gold_score": sc.gold[i], "win": sc.wins[i],
+                "gold_score": sc.gold.get(i), "win": sc.wins.get(i),
             });
             writeln!(out, "{line}").map_err(|source| TrainError::Io {
                 path: self.samples_path.clone().unwrap_or_default(),
@@ -379,6 +391,10 @@ fn broadcast(per_seq: &[f32], mask: &Tensor<2>) -> Tensor<2> {
 }
 
 impl Stage for OnlineTrainer {
+    fn policy(&self) -> Option<&CausalLm> {
+        self.model.as_ref()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -402,7 +418,7 @@ impl Stage for OnlineTrainer {
             self.cfg.samples_per_prompt,
             mix(self.s.seed, 0x5A3D, step as u64),
         );
-        let sc = self.rollout(&prefs, &generation);
+        let sc = self.rollout(&prefs, &generation)?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
 
@@ -668,7 +684,7 @@ impl Stage for OnlineTrainer {
             EvalDecoding::Sampled => self.cfg.sampling,
         };
         let generation = self.gen_config(sampling, 1, mix(self.s.seed, 0xE7A1, 0));
-        let sc = self.rollout(&prefs, &generation);
+        let sc = self.rollout(&prefs, &generation)?;
         let mut m = Metrics::new();
         self.completion_metrics(&sc, &mut m, "eval/");
         self.divergence_metrics(&sc, &mut m, "eval/");

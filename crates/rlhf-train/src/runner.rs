@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::metrics::{Metrics, MetricsLog};
+use crate::progress::{Progress as Display, Verbosity};
 
 /// A stage that the runner can drive.
 pub trait Stage {
@@ -30,6 +31,10 @@ pub trait Stage {
     fn save(&self, dir: &Path) -> Result<(), TrainError>;
     /// Restores from a folder written by [`Stage::save`].
     fn load(&mut self, dir: &Path) -> Result<(), TrainError>;
+    /// The causal LM being trained, for stages that train one (used by judges).
+    fn policy(&self) -> Option<&rlhf_model::CausalLm> {
+        None
+    }
 }
 
 /// Progress saved next to a checkpoint.
@@ -222,7 +227,6 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
         stage.load(&ckpt)?;
         start = prog.steps_done;
         truncate_metrics(&opts.dir, start)?;
-        eprintln!("[{}] resumed at step {start}", stage.name());
     } else {
         // A fresh run starts fresh files. They are truncated, not removed: a stage may already
         // hold `samples.jsonl` open for appending (`OnlineTrainer::log_samples_to`), and a
@@ -234,14 +238,24 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
             }
         }
     }
-    let mut log = MetricsLog::open(&opts.dir, opts.live)?;
+    let mut log = MetricsLog::open(&opts.dir, false)?;
     let name = stage.name().to_string();
     let total = stage.total_steps();
+    let verbosity = if opts.live {
+        Verbosity::Normal
+    } else {
+        Verbosity::Quiet
+    };
+    let progress = Display::new(&name, total, start, verbosity);
+    if start > 0 {
+        progress.say(&format!("[{name}] resumed at step {start}"));
+    }
     if start == 0
         && let Some(m) = stage.evaluate(0)?
     {
         all_finite(&name, 0, &m)?;
         log.write(&name, 0, &m)?;
+        progress.eval(0, &m);
     }
     let flag = interrupt_flag();
     for step in start..total {
@@ -249,9 +263,11 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
         all_finite(&name, step, &m)?;
         let done = step + 1;
         log.write(&name, done, &m)?;
+        progress.step(done, &m);
         if let Some(e) = stage.evaluate(done)? {
             all_finite(&name, step, &e)?;
             log.write(&name, done, &e)?;
+            progress.eval(done, &e);
         }
         let interrupted = flag.load(Ordering::SeqCst);
         let stop_here = opts.stop_after == Some(done);
@@ -267,7 +283,7 @@ pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainEr
         }
     }
     if start == total {
-        eprintln!("[{name}] already complete ({total} steps)");
+        progress.say(&format!("[{name}] already complete ({total} steps)"));
     }
     Ok(())
 }

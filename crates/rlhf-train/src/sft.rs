@@ -115,6 +115,10 @@ pub fn check_vocab<'a>(
 }
 
 impl Stage for SftTrainer {
+    fn policy(&self) -> Option<&CausalLm> {
+        self.model.as_ref()
+    }
+
     fn name(&self) -> &str {
         "sft"
     }

@@ -799,7 +799,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         policy,
         reference: sft_plain.clone(),
         reward_model: rm.clone(),
-        gold: Box::new(ctx.task.gold()),
+        gold: Some(Box::new(ctx.task.gold())),
         decode: ctx.decode_fn(),
         prompts: online_prompts.clone(),
         eval_prompts: eval_prompts.clone(),

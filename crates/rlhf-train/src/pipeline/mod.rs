@@ -1,0 +1,14 @@
+//! `rlhf train`: one stage or a pipeline of stages on the user's own models and data.
+//!
+//! [`spec`] reads the file, [`inputs`] turns its keys into models, tokenizer, template and data,
+//! [`run`] drives the stages (resume, skip, export) and [`report`] writes `report.md`;
+//! [`judge`] holds the held-out scorers.
+
+pub mod inputs;
+pub mod judge;
+pub mod report;
+pub mod run;
+pub mod spec;
+
+pub use run::{PipelineOutput, TrainOptions, run_pipeline};
+pub use spec::{PipelineSpec, StageInputs, StageSpec, load_pipeline, parse_pipeline};

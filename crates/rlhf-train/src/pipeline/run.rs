@@ -1,0 +1,404 @@
+//! Running a pipeline: each stage in order, resumed from its checkpoint, skipped when finished,
+//! refused when its folder was made by a different config; each finished stage exports a
+//! self-contained HF folder (`<out>/<stage>/final`: config, safetensors, tokenizer files).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use rlhf_backend::BackendKind;
+use rlhf_data::{GoldScorer, SyntheticConfig, SyntheticTask};
+use rlhf_model::{CausalLm, HeadKind, ModelConfig, ModelError, RewardModel, WeightMap};
+use sha2::{Digest, Sha256};
+
+use super::inputs::{
+    TextAssets, causal_lm, final_dir, pair_data, prompt_data, reward_from_policy, reward_model,
+    sft_data, text_assets,
+};
+use super::judge::{Judged, RewardJudge};
+use super::spec::{PipelineSpec, StageSpec};
+use crate::common::{check_weights_finite, mix};
+use crate::config::StageConfig;
+use crate::error::TrainError;
+use crate::offline::OfflineTrainer;
+use crate::online::{Decoder, OnlineSetup, OnlineTrainer};
+use crate::reward::RewardTrainer;
+use crate::runner::{RunOptions, Stage, run_stage};
+use crate::sft::SftTrainer;
+
+/// How `rlhf train` runs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Execution backend.
+    pub backend: BackendKind,
+    /// Progress output.
+    pub live: bool,
+    /// Stop (after a checkpoint) once the named stage has done this many steps (tests).
+    pub stop_after: Option<(String, usize)>,
+}
+
+/// What a run leaves behind.
+#[derive(Debug, Clone)]
+pub struct PipelineOutput {
+    /// The run folder.
+    pub out: PathBuf,
+    /// `report.md`.
+    pub report: PathBuf,
+    /// How many stages trained in this call (0: everything was complete already).
+    pub trained: usize,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), TrainError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The stage's identity: its resolved TOML and the sha256 of its data files. A stage folder
+/// made with another identity is never resumed or reused.
+fn fingerprint(spec: &PipelineSpec, st: &StageSpec) -> Result<String, TrainError> {
+    let one = PipelineSpec {
+        stages: vec![st.clone()],
+        ..spec.clone()
+    };
+    let mut text = one.to_toml();
+    for p in std::iter::once(&st.inputs.data).chain(&st.inputs.eval_data) {
+        let bytes = std::fs::read(p).map_err(|e| TrainError::Mismatch {
+            what: format!("stages.{}: data file {p}: {e}", st.name),
+        })?;
+        text.push_str(&format!("# sha256 {:x}  {p}\n", Sha256::digest(&bytes)));
+    }
+    Ok(text)
+}
+
+/// Refuses a stage folder made by a different config; records the identity of a new one.
+fn claim(dir: &Path, identity: &str) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let p = dir.join("stage.toml");
+    match std::fs::read_to_string(&p) {
+        Ok(old) if old == identity => Ok(()),
+        Ok(old) => {
+            let diff = old
+                .lines()
+                .zip(identity.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("was `{a}`, now `{b}`"))
+                .unwrap_or_else(|| "the files differ in length".into());
+            Err(TrainError::Mismatch {
+                what: format!(
+                    "{} was made by a different config or data ({diff}); remove the folder or \
+                     choose another run folder (--out) to train it anew",
+                    dir.display()
+                ),
+            })
+        }
+        Err(_) => write_atomically(&p, identity),
+    }
+}
+
+fn finished(dir: &Path, total: usize) -> bool {
+    dir.join("final/config.json").is_file()
+        && std::fs::read_to_string(dir.join("checkpoint/progress.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<crate::runner::Progress>(&t).ok())
+            .is_some_and(|p| p.steps_done >= total)
+}
+
+fn total_steps(c: &StageConfig) -> usize {
+    match c {
+        StageConfig::Sft(c) => c.steps,
+        StageConfig::Reward(c) => c.steps,
+        StageConfig::Offline(c) => c.steps,
+        StageConfig::Online(c) => c.steps,
+    }
+}
+
+/// Runs every stage of `spec` and writes the report.
+pub fn run_pipeline(
+    spec: &PipelineSpec,
+    opts: &TrainOptions,
+) -> Result<PipelineOutput, TrainError> {
+    let plain = rlhf_backend::device(opts.backend).map_err(|e| TrainError::Mismatch {
+        what: e.to_string(),
+    })?;
+    std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
+    write_atomically(&spec.out.join("config.toml"), &spec.to_toml())?;
+    let mut trained = 0;
+    for (i, st) in spec.stages.iter().enumerate() {
+        let dir = spec.out.join(&st.name);
+        claim(&dir, &fingerprint(spec, st)?)?;
+        if finished(&dir, total_steps(&st.config)) {
+            if opts.live {
+                eprintln!("[{}] complete, skipped", st.name);
+            }
+            continue;
+        }
+        if opts.live {
+            eprintln!("[{}] {} stage", st.name, st.config.kind());
+        }
+        run_one(spec, i, &plain, opts)?;
+        trained += 1;
+    }
+    if trained == 0 && opts.live {
+        eprintln!(
+            "nothing to do: every stage of {} is complete",
+            spec.out.display()
+        );
+    }
+    let report = super::report::write_report(spec)?;
+    Ok(PipelineOutput {
+        out: spec.out.clone(),
+        report,
+        trained,
+    })
+}
+
+fn decoder(text: &TextAssets) -> Decoder {
+    let tok = text.tok.clone();
+    Box::new(move |ids: &[u32]| tok.decode(ids, false).unwrap_or_default())
+}
+
+/// The judge of a stage, if it names one.
+fn judge(
+    spec: &PipelineSpec,
+    st: &StageSpec,
+    text: &TextAssets,
+    vocab: usize,
+    plain: &Device,
+) -> Result<Option<Box<dyn GoldScorer + Send + Sync>>, TrainError> {
+    let Some(j) = &st.inputs.judge else {
+        return Ok(None);
+    };
+    if j == "synthetic" {
+        let task = SyntheticTask::new(SyntheticConfig::default())?;
+        return Ok(Some(Box::new(task.gold())));
+    }
+    let rm = reward_model(spec, st, "judge", j, plain)?;
+    let jv = rm.config().vocab_size;
+    if jv != vocab {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "stages.{}.judge: the judge's vocabulary ({jv}) differs from the policy's \
+                 ({vocab}); a judge must use the policy's tokenizer",
+                st.name
+            ),
+        });
+    }
+    let pad = text.pad(st)?;
+    Ok(Some(Box::new(RewardJudge::new(
+        rm,
+        text.tok.clone(),
+        st.inputs.tokenize.clone(),
+        pad,
+    ))))
+}
+
+fn options(spec: &PipelineSpec, st: &StageSpec, opts: &TrainOptions) -> RunOptions {
+    RunOptions {
+        dir: spec.out.join(&st.name),
+        checkpoint_every: st.checkpoint_every(),
+        resume: true,
+        stop_after: match &opts.stop_after {
+            Some((name, n)) if *name == st.name => Some(*n),
+            _ => None,
+        },
+        live: opts.live,
+    }
+}
+
+/// Runs `stage` (wrapped with the judge when there is one) and returns it.
+fn drive<S: Stage>(
+    stage: S,
+    judge: Option<(
+        Box<dyn GoldScorer + Send + Sync>,
+        Vec<crate::online::OnlinePrompt>,
+    )>,
+    text: &TextAssets,
+    eos: u32,
+    max_new: usize,
+    ro: &RunOptions,
+) -> Result<S, TrainError> {
+    match judge {
+        Some((j, prompts)) => {
+            let mut w = Judged::new(stage, j, prompts, decoder(text), eos, max_new)?;
+            run_stage(&mut w, ro)?;
+            Ok(w.inner)
+        }
+        None => {
+            let mut s = stage;
+            run_stage(&mut s, ro)?;
+            Ok(s)
+        }
+    }
+}
+
+fn run_one(
+    spec: &PipelineSpec,
+    i: usize,
+    plain: &Device,
+    opts: &TrainOptions,
+) -> Result<(), TrainError> {
+    let st = &spec.stages[i];
+    let train = plain.clone().autodiff();
+    let seed = st.seed(spec.seed);
+    let ro = options(spec, st, opts);
+    let fin = final_dir(spec, &st.name);
+    let inp = &st.inputs;
+    let max_new = inp.tokenize.max_completion_len.min(64);
+    match &st.config {
+        StageConfig::Sft(cfg) => {
+            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            let text = text_assets(spec, i, model.config().vocab_size)?;
+            let (eos, pad) = (text.eos(st)?, text.pad(st)?);
+            let (data, held, prompts) = sft_data(st, &text)?;
+            let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
+            let t = SftTrainer::new(cfg.clone(), model, data, held, pad, mix(seed, 1, 0))?;
+            let t = drive(t, j, &text, eos, max_new, &ro)?;
+            export_causal(&fin, &t.into_model().valid(), &text)
+        }
+        StageConfig::Reward(cfg) => {
+            let model = match (&inp.reward_model, inp.init.as_deref()) {
+                (Some(_), Some(_)) => {
+                    return Err(TrainError::Mismatch {
+                        what: format!(
+                            "stages.{}: give `reward_model` (continue training a reward model) \
+                             or `init = \"policy\"` (a new head on the policy), not both",
+                            st.name
+                        ),
+                    });
+                }
+                (Some(rm), None) => reward_model(spec, st, "reward_model", rm, &train)?,
+                (None, None) | (None, Some("policy")) => {
+                    reward_from_policy(spec, st, &train, mix(seed, 2, 0))?
+                }
+                (None, Some(other)) => {
+                    return Err(TrainError::Mismatch {
+                        what: format!("stages.{}.init = \"{other}\": expected \"policy\"", st.name),
+                    });
+                }
+            };
+            let text = text_assets(spec, i, model.config().vocab_size)?;
+            let pad = text.pad(st)?;
+            let (train_pairs, held, _) = pair_data(st, &text, cfg.eval_fraction)?;
+            let mut cfg = cfg.clone();
+            let n = train_pairs.len() + held.len();
+            cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
+            let mut all = train_pairs;
+            all.extend(held);
+            let mut t = RewardTrainer::new(cfg, model, all, pad, mix(seed, 3, 0))?;
+            run_stage(&mut t, &ro)?;
+            export_reward(&fin, &t.into_model().valid(), &text)
+        }
+        StageConfig::Offline(cfg) => {
+            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            let r = inp.reference.as_deref().unwrap_or(&inp.policy);
+            let reference = causal_lm(spec, st, "reference", r, plain)?;
+            let text = text_assets(spec, i, model.config().vocab_size)?;
+            let (eos, pad) = (text.eos(st)?, text.pad(st)?);
+            let (pairs, _, prompts) = pair_data(st, &text, fraction_or(st, 0.1))?;
+            let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
+            let t = OfflineTrainer::new(
+                &st.name,
+                cfg.clone(),
+                model,
+                &reference,
+                pairs,
+                pad,
+                mix(seed, 4, 0),
+            )?;
+            let t = drive(t, j, &text, eos, max_new, &ro)?;
+            export_causal(&fin, &t.into_model().valid(), &text)
+        }
+        StageConfig::Online(cfg) => {
+            let policy = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            let r = inp.reference.as_deref().unwrap_or(&inp.policy);
+            let reference = causal_lm(spec, st, "reference", r, plain)?;
+            let Some(rm) = &inp.reward_model else {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "stages.{}.reward_model: missing; an online stage optimises against a \
+                         reward model (an HF *ForSequenceClassification folder or \
+                         \"stage:NAME\" of a reward stage)",
+                        st.name
+                    ),
+                });
+            };
+            let rm = reward_model(spec, st, "reward_model", rm, plain)?;
+            let v = policy.config().vocab_size;
+            let text = text_assets(spec, i, v)?;
+            let gold = judge(spec, st, &text, v, plain)?;
+            let (prompts, eval_prompts) = prompt_data(st, &text, gold.is_some())?;
+            let setup = OnlineSetup {
+                policy,
+                reference,
+                reward_model: rm,
+                gold,
+                decode: decoder(&text),
+                prompts,
+                eval_prompts,
+                eos: text.eos(st)?,
+                pad: text.pad(st)?,
+                seed: mix(seed, 5, 0),
+            };
+            let mut t = OnlineTrainer::new(&st.name, cfg.clone(), setup)?;
+            std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
+            t.log_samples_to(&ro.dir.join("samples.jsonl"))?;
+            run_stage(&mut t, &ro)?;
+            export_causal(&fin, &t.into_model().valid(), &text)
+        }
+    }
+}
+
+fn fraction_or(st: &StageSpec, default: f64) -> f64 {
+    st.inputs.eval_fraction.unwrap_or(default)
+}
+
+/// Writes a self-contained HF folder atomically: `config.json`, `model.safetensors` and the
+/// tokenizer files (when the tokenizer has a tokenizer.json form).
+fn export(
+    dir: &Path,
+    cfg: &ModelConfig,
+    head: HeadKind,
+    map: &WeightMap,
+    text: &TextAssets,
+) -> Result<(), TrainError> {
+    check_weights_finite(map)?;
+    rlhf_model::save_folder_atomically(dir, |tmp| {
+        let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json(head)).expect("json");
+        let p = tmp.join("config.json");
+        std::fs::write(&p, cfg_text).map_err(|source| ModelError::Io { path: p, source })?;
+        rlhf_model::write_safetensors(map, &tmp.join("model.safetensors"))?;
+        if text.tok.hf().is_some() {
+            let tmpl = text.template.as_ref().map(|t| t.source());
+            text.tok
+                .save_hf_files(tmp, tmpl)
+                .map_err(|e| ModelError::Format {
+                    path: tmp.into(),
+                    what: e.to_string(),
+                })?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn export_causal(dir: &Path, m: &CausalLm, text: &TextAssets) -> Result<(), TrainError> {
+    export(
+        dir,
+        m.config(),
+        HeadKind::CausalLm,
+        &m.to_weight_map(),
+        text,
+    )
+}
+
+fn export_reward(dir: &Path, m: &RewardModel, text: &TextAssets) -> Result<(), TrainError> {
+    export(dir, m.config(), HeadKind::Score, &m.to_weight_map(), text)
+}

@@ -1,0 +1,582 @@
+//! The `rlhf train` file: one stage, or a pipeline of named stages.
+//!
+//! A stage is a table of inputs (`policy`, `data`, ...) holding exactly one config table named
+//! by its type, `[sft]`, `[reward]`, `[offline]` or `[online]`, the same table a stage file of
+//! `configs/` declares. A file with a `[stages.NAME]` table per stage is a pipeline, run in file
+//! order; a file without `stages` is one stage, named by its type. A later stage names an
+//! earlier one's final model as `stage:NAME`.
+//!
+//! Paths in the file are relative to the file; paths given with `--set` are relative to the
+//! current directory. The resolved spec holds absolute paths only, so its TOML (`config.toml`
+//! of the run folder) runs again as it is.
+
+use std::path::{Path, PathBuf};
+
+use rlhf_data::TokenizeConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{StageConfig, Validate, apply_overrides, parse_stage_config};
+use crate::error::TrainError;
+
+/// Keys of a stage table that hold a path (or `stage:NAME`, or `synthetic` where allowed).
+const PATH_KEYS: [&str; 8] = [
+    "policy",
+    "reference",
+    "reward_model",
+    "judge",
+    "tokenizer",
+    "chat_template",
+    "data",
+    "eval_data",
+];
+
+/// The inputs of one stage, as written in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageInputs {
+    /// The policy (reward stage: the backbone with `init = "policy"`): an HF folder, a `.gguf`
+    /// file, or `stage:NAME`.
+    pub policy: String,
+    /// The frozen reference of offline and online stages (default: the policy's initial
+    /// weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Online: the reward model to optimise against; reward stage: an HF
+    /// `*ForSequenceClassification` folder to continue training (instead of `init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<String>,
+    /// Reward stage: `"policy"` trains a new score head on the policy's backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// A held-out judge: a reward-model folder, `stage:NAME` of a reward stage, or
+    /// `"synthetic"` (the built-in task's gold scorer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<String>,
+    /// A `tokenizer.json` or `"synthetic"` (default: the policy's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// A Jinja chat template file (default: the policy's own, else ChatML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// The training JSONL file.
+    pub data: String,
+    /// A held-out JSONL file of the same format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
+    /// Without `eval_data`: the share of `data` held out (its last records; default 0.1,
+    /// at least one record for online stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_fraction: Option<f64>,
+    /// Tokenisation and truncation.
+    #[serde(default)]
+    pub tokenize: TokenizeConfig,
+    /// Seed of the stage (default: the file's `seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Save a checkpoint every this many steps (default: every tenth of the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+}
+
+/// One resolved stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpec {
+    /// Its name (the folder under the run folder).
+    pub name: String,
+    /// Inputs, paths absolute.
+    pub inputs: StageInputs,
+    /// The trainer config.
+    pub config: StageConfig,
+}
+
+impl StageSpec {
+    /// The stage's seed.
+    pub fn seed(&self, file_seed: u64) -> u64 {
+        self.inputs.seed.unwrap_or(file_seed)
+    }
+
+    /// The stage's checkpoint interval.
+    pub fn checkpoint_every(&self) -> usize {
+        let steps = match &self.config {
+            StageConfig::Sft(c) => c.steps,
+            StageConfig::Reward(c) => c.steps,
+            StageConfig::Offline(c) => c.steps,
+            StageConfig::Online(c) => c.steps,
+        };
+        self.inputs.checkpoint_every.unwrap_or((steps / 10).max(1))
+    }
+}
+
+/// A resolved pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSpec {
+    /// Run name (default: the file's stem).
+    pub name: String,
+    /// The run folder (default: `runs/<name>`).
+    pub out: PathBuf,
+    /// Default seed of every stage.
+    pub seed: u64,
+    /// Stages in run order.
+    pub stages: Vec<StageSpec>,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+/// A reference to an earlier stage's final model.
+pub fn stage_ref(value: &str) -> Option<&str> {
+    value.strip_prefix("stage:")
+}
+
+fn cfg_err(source: &str, message: impl Into<String>) -> TrainError {
+    TrainError::ConfigParse {
+        source_name: source.into(),
+        message: message.into(),
+    }
+}
+
+/// Joins relative paths of a stage table onto `base` (stage references and keywords stay).
+fn absolutise(stage: &mut toml::Table, base: &Path) {
+    for key in PATH_KEYS {
+        if let Some(toml::Value::String(s)) = stage.get_mut(key) {
+            if stage_ref(s).is_some() || s == "synthetic" || s.is_empty() {
+                continue;
+            }
+            let p = Path::new(s.as_str());
+            if p.is_relative() {
+                *s = base.join(p).display().to_string();
+            }
+        }
+    }
+}
+
+/// The stage tables of `table` (a pipeline's `stages`, or the file itself as one stage).
+fn stage_tables(
+    table: &mut toml::Table,
+    source: &str,
+) -> Result<Vec<(String, toml::Table)>, TrainError> {
+    if let Some(stages) = table.remove("stages") {
+        let toml::Value::Table(stages) = stages else {
+            return Err(cfg_err(
+                source,
+                "`stages` must be a table of named stages ([stages.NAME])",
+            ));
+        };
+        let mut out = Vec::new();
+        for (name, v) in stages {
+            let toml::Value::Table(t) = v else {
+                return Err(cfg_err(
+                    source,
+                    format!("`stages.{name}` must be a table ([stages.{name}])"),
+                ));
+            };
+            out.push((name, t));
+        }
+        if out.is_empty() {
+            return Err(cfg_err(source, "`stages` holds no stage"));
+        }
+        return Ok(out);
+    }
+    let kind = StageConfig::KINDS
+        .iter()
+        .find(|k| table.contains_key(**k))
+        .ok_or_else(|| {
+            cfg_err(
+                source,
+                "expected [stages.NAME] tables (a pipeline) or one [sft], [reward], [offline] \
+                 or [online] table (a single stage)",
+            )
+        })?;
+    let mut stage = toml::Table::new();
+    for key in table.keys().cloned().collect::<Vec<_>>() {
+        if !["name", "seed", "out"].contains(&key.as_str()) {
+            stage.insert(key.clone(), table.remove(&key).expect("present"));
+        }
+    }
+    Ok(vec![(kind.to_string(), stage)])
+}
+
+/// One stage table into its spec.
+fn parse_stage(name: &str, mut t: toml::Table, source: &str) -> Result<StageSpec, TrainError> {
+    let at = format!("{source} [stages.{name}]");
+    let kinds: Vec<&str> = StageConfig::KINDS
+        .iter()
+        .copied()
+        .filter(|k| t.contains_key(*k))
+        .collect();
+    let kind = match kinds.as_slice() {
+        [k] => *k,
+        [] => {
+            return Err(cfg_err(
+                &at,
+                "a stage needs one config table naming its type: [..sft], [..reward], \
+                 [..offline] or [..online] (it may be empty)",
+            ));
+        }
+        many => {
+            return Err(cfg_err(
+                &at,
+                format!("a stage has one type, found tables {}", many.join(", ")),
+            ));
+        }
+    };
+    let inner = t.remove(kind).expect("present");
+    let mut one = toml::Table::new();
+    one.insert(kind.to_string(), inner);
+    let text = toml::to_string(&one).expect("a table serialises");
+    let config = parse_stage_config(&text, &at, &[])?;
+    config.validate(&format!("stages.{name}.{kind}"))?;
+    let text = toml::to_string(&t).expect("a table serialises");
+    let inputs: StageInputs = toml::from_str(&text).map_err(|e| cfg_err(&at, e.to_string()))?;
+    Ok(StageSpec {
+        name: name.to_string(),
+        inputs,
+        config,
+    })
+}
+
+/// Parses a `rlhf train` file's text. `path` is where it lives (relative paths are joined onto
+/// its folder), `overrides` are `--set` values, `cwd` resolves the paths they give.
+pub fn parse_pipeline(
+    text: &str,
+    path: &Path,
+    overrides: &[String],
+    cwd: &Path,
+) -> Result<PipelineSpec, TrainError> {
+    let source = path.display().to_string();
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| cfg_err(&source, e.to_string()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.is_absolute() {
+        base
+    } else {
+        cwd.join(base)
+    };
+    let is_pipeline = table.contains_key("stages");
+    // Paths of the file, then the overrides (whose paths are the current directory's).
+    let mut parts = stage_tables(&mut table, &source)?;
+    for (_, t) in &mut parts {
+        absolutise(t, &base);
+    }
+    if let Some(toml::Value::String(o)) = table.get_mut("out") {
+        if Path::new(o.as_str()).is_relative() {
+            *o = base.join(&*o).display().to_string();
+        }
+    }
+    let mut whole = table;
+    let mut stages = toml::Table::new();
+    for (name, t) in parts {
+        stages.insert(name, toml::Value::Table(t));
+    }
+    let single = (!is_pipeline).then(|| stages.keys().next().cloned().expect("one stage"));
+    whole.insert("stages".into(), toml::Value::Table(stages));
+    let overrides: Vec<String> = match &single {
+        // In a single-stage file `--set data=x` and `--set sft.steps=2` address the stage.
+        Some(kind) => overrides
+            .iter()
+            .map(|o| {
+                let key = o.split('=').next().unwrap_or("").trim();
+                if ["name", "seed", "out"].contains(&key) {
+                    o.clone()
+                } else {
+                    format!("stages.{kind}.{o}")
+                }
+            })
+            .collect(),
+        None => overrides.to_vec(),
+    };
+    apply_overrides(&mut whole, &overrides)?;
+    if let Some(toml::Value::Table(stages)) = whole.get_mut("stages") {
+        for (_, t) in stages.iter_mut() {
+            if let toml::Value::Table(t) = t {
+                absolutise(t, cwd);
+            }
+        }
+    }
+    if let Some(toml::Value::String(o)) = whole.get_mut("out") {
+        if Path::new(o.as_str()).is_relative() {
+            *o = cwd.join(&*o).display().to_string();
+        }
+    }
+    from_whole(whole, path, &source, cwd)
+}
+
+fn from_whole(
+    mut whole: toml::Table,
+    path: &Path,
+    source: &str,
+    cwd: &Path,
+) -> Result<PipelineSpec, TrainError> {
+    let name = match whole.remove("name") {
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into()),
+        Some(toml::Value::String(s)) if !s.is_empty() && !s.contains(['/', '\\']) => s,
+        Some(v) => {
+            return Err(cfg_err(
+                source,
+                format!("`name` = {v}: expected a non-empty string without slashes"),
+            ));
+        }
+    };
+    let seed = match whole.remove("seed") {
+        None => 0,
+        Some(toml::Value::Integer(i)) if i >= 0 => i as u64,
+        Some(v) => {
+            return Err(cfg_err(
+                source,
+                format!("`seed` = {v}: expected a non-negative integer"),
+            ));
+        }
+    };
+    let out = match whole.remove("out") {
+        None => cwd.join("runs").join(&name),
+        Some(toml::Value::String(s)) => PathBuf::from(s),
+        Some(v) => return Err(cfg_err(source, format!("`out` = {v}: expected a path"))),
+    };
+    let Some(toml::Value::Table(stage_tables)) = whole.remove("stages") else {
+        return Err(cfg_err(source, "`stages` must be a table of named stages"));
+    };
+    if let Some(k) = whole.keys().next() {
+        return Err(cfg_err(
+            source,
+            format!(
+                "unknown top-level key `{k}`: expected `name`, `seed`, `out` and [stages.NAME] \
+                 tables (or a single stage's keys)"
+            ),
+        ));
+    }
+    let mut stages = Vec::new();
+    for (name, t) in stage_tables {
+        let toml::Value::Table(t) = t else {
+            return Err(cfg_err(source, format!("`stages.{name}` must be a table")));
+        };
+        stages.push(parse_stage(&name, t, source)?);
+    }
+    let spec = PipelineSpec {
+        name,
+        out,
+        seed,
+        stages,
+        source: path.to_path_buf(),
+    };
+    check_references(&spec)?;
+    Ok(spec)
+}
+
+/// Every `stage:NAME` names an earlier stage of the right kind.
+fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
+    let names: Vec<&str> = spec.stages.iter().map(|s| s.name.as_str()).collect();
+    for (i, st) in spec.stages.iter().enumerate() {
+        let inp = &st.inputs;
+        let fields = [
+            ("policy", Some(&inp.policy)),
+            ("reference", inp.reference.as_ref()),
+            ("reward_model", inp.reward_model.as_ref()),
+            ("judge", inp.judge.as_ref()),
+        ];
+        for (field, value) in fields {
+            let Some(target) = value.and_then(|v| stage_ref(v)) else {
+                continue;
+            };
+            let at = format!("stages.{}.{field} = \"stage:{target}\"", st.name);
+            let Some(j) = names.iter().position(|n| *n == target) else {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{}: {at}: there is no stage `{target}` (stages: {})",
+                        spec.source.display(),
+                        names.join(", ")
+                    ),
+                });
+            };
+            if j >= i {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{}: {at}: stage `{target}` runs {} this one; a stage can only use \
+                         the output of an earlier stage",
+                        spec.source.display(),
+                        if j == i { "as" } else { "after" }
+                    ),
+                });
+            }
+            let is_rm = matches!(spec.stages[j].config, StageConfig::Reward(_));
+            let wants_rm = matches!(field, "reward_model" | "judge");
+            if is_rm != wants_rm {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{}: {at}: stage `{target}` produces a {}, but `{field}` needs a {}",
+                        spec.source.display(),
+                        if is_rm { "reward model" } else { "causal LM" },
+                        if wants_rm {
+                            "reward model"
+                        } else {
+                            "causal LM"
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl PipelineSpec {
+    /// The resolved file: re-runnable as it is (`rlhf train RUN/config.toml`).
+    pub fn to_toml(&self) -> String {
+        let mut whole = toml::Table::new();
+        whole.insert("name".into(), self.name.clone().into());
+        whole.insert("seed".into(), (self.seed as i64).into());
+        whole.insert("out".into(), self.out.display().to_string().into());
+        let mut stages = toml::Table::new();
+        for s in &self.stages {
+            let mut t = toml::Table::try_from(&s.inputs).expect("inputs serialise");
+            let c = toml::Table::try_from(&s.config).expect("configs serialise");
+            t.extend(c);
+            stages.insert(s.name.clone(), toml::Value::Table(t));
+        }
+        whole.insert("stages".into(), toml::Value::Table(stages));
+        toml::to_string_pretty(&whole).expect("a table serialises")
+    }
+}
+
+/// Reads a `rlhf train` file with overrides.
+pub fn load_pipeline(path: &Path, overrides: &[String]) -> Result<PipelineSpec, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let cwd = std::env::current_dir().map_err(|source| TrainError::Io {
+        path: ".".into(),
+        source,
+    })?;
+    parse_pipeline(&text, path, overrides, &cwd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, sets: &[&str]) -> Result<PipelineSpec, TrainError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        parse_pipeline(text, Path::new("/cfg/run.toml"), &sets, Path::new("/cwd"))
+    }
+
+    const PIPE: &str = r#"
+seed = 3
+[stages.sft]
+policy = "models/m.gguf"
+data = "data/sft.jsonl"
+[stages.sft.sft]
+steps = 4
+
+[stages.rm]
+policy = "stage:sft"
+init = "policy"
+data = "data/pairs.jsonl"
+[stages.rm.reward]
+
+[stages.rloo]
+policy = "stage:sft"
+reward_model = "stage:rm"
+data = "/abs/prompts.jsonl"
+[stages.rloo.online]
+regularizer = { type = "kl", coef = 0.1 }
+"#;
+
+    #[test]
+    fn pipeline_order_paths_and_overrides() {
+        let p = parse(
+            PIPE,
+            &["stages.sft.sft.steps=2", "stages.rm.data=mine.jsonl"],
+        )
+        .unwrap();
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["sft", "rm", "rloo"]);
+        assert_eq!(p.name, "run");
+        assert_eq!(p.seed, 3);
+        assert_eq!(p.out, Path::new("/cwd/runs/run"));
+        assert_eq!(p.stages[0].inputs.policy, "/cfg/models/m.gguf");
+        assert_eq!(p.stages[1].inputs.data, "/cwd/mine.jsonl");
+        assert_eq!(p.stages[2].inputs.data, "/abs/prompts.jsonl");
+        let StageConfig::Sft(c) = &p.stages[0].config else {
+            panic!()
+        };
+        assert_eq!(c.steps, 2);
+        // The resolved file parses back to the same spec.
+        let again = parse_pipeline(
+            &p.to_toml(),
+            Path::new("/elsewhere/c.toml"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(again.stages, p.stages);
+        assert_eq!((again.name, again.out), (p.name, p.out));
+    }
+
+    #[test]
+    fn single_stage_files() {
+        let p = parse(
+            "policy = \"m\"\ndata = \"d.jsonl\"\n[offline]\nsteps = 5\n",
+            &["offline.steps=7", "eval_fraction=0.2", "name=x"],
+        )
+        .unwrap();
+        assert_eq!(p.name, "x");
+        assert_eq!(p.stages.len(), 1);
+        assert_eq!(p.stages[0].name, "offline");
+        assert_eq!(p.stages[0].inputs.eval_fraction, Some(0.2));
+        let StageConfig::Offline(c) = &p.stages[0].config else {
+            panic!()
+        };
+        assert_eq!(c.steps, 7);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let err = |t: &str, s: &[&str]| parse(t, s).unwrap_err().to_string();
+        let e = err(
+            &PIPE.replace(
+                "policy = \"stage:sft\"\ninit",
+                "policy = \"stage:sftt\"\ninit",
+            ),
+            &[],
+        );
+        assert!(
+            e.contains("no stage `sftt`") && e.contains("stages.rm.policy"),
+            "{e}"
+        );
+        let e = err(
+            &PIPE.replace(
+                "reward_model = \"stage:rm\"",
+                "reward_model = \"stage:rloo\"",
+            ),
+            &[],
+        );
+        assert!(e.contains("runs as this one"), "{e}");
+        let later = PIPE.replace("policy = \"models/m.gguf\"", "policy = \"stage:rloo\"");
+        let e = err(&later, &[]);
+        assert!(e.contains("runs after"), "{e}");
+        let e = err(
+            &PIPE.replace(
+                "reward_model = \"stage:rm\"",
+                "reward_model = \"stage:sft\"",
+            ),
+            &[],
+        );
+        assert!(e.contains("needs a reward model"), "{e}");
+        let e = err(PIPE, &["stages.sft.polcy=x"]);
+        assert!(e.contains("polcy") && e.contains("[stages.sft]"), "{e}");
+        let e = err(PIPE, &["stages.sft.sft.stepz=1"]);
+        assert!(e.contains("stepz"), "{e}");
+        let e = err(PIPE, &["stages.sft.sft.steps=0"]);
+        assert!(e.contains("stages.sft.sft.steps"), "{e}");
+        let e = err("[stages.a]\npolicy = \"m\"\ndata = \"d\"\n", &[]);
+        assert!(e.contains("one config table"), "{e}");
+        let e = err("policy = \"m\"\n", &[]);
+        assert!(e.contains("[stages.NAME]"), "{e}");
+        let e = err(&format!("bogus = 1\n{PIPE}"), &[]);
+        assert!(e.contains("unknown top-level key `bogus`"), "{e}");
+        let e = err("[stages.a]\ndata = \"d\"\n[stages.a.sft]\n", &[]);
+        assert!(e.contains("policy"), "{e}");
+    }
+}
