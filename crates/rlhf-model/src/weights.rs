@@ -862,9 +862,65 @@ pub fn save_folder_atomically(
     Ok(())
 }
 
+/// Repairs what a process killed inside [`save_folder_atomically`] leaves behind: when `dir` is
+/// missing but the previous version was moved aside (`.NAME.old-PID`), that version is put
+/// back; unfinished temporary folders (`.NAME.tmp-PID`) and leftover old versions are removed.
+/// Returns whether `dir` exists afterwards.
+pub fn recover_folder(dir: &Path) -> Result<bool, ModelError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(dir.exists());
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(dir.exists());
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    let (tmp, old) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    for e in entries.filter_map(Result::ok) {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if file.starts_with(&old) && !dir.exists() {
+            fs::rename(&p, dir).map_err(io(&p))?;
+        } else if file.starts_with(&tmp) || file.starts_with(&old) {
+            fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(dir.exists())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_save_killed_between_its_renames_is_recovered() {
+        let root = std::env::temp_dir().join(format!("rlhf-recover-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let dir = root.join("checkpoint");
+        // The state after `rename(dir, old)` and before `rename(tmp, dir)`.
+        fs::create_dir_all(root.join(".checkpoint.old-77")).unwrap();
+        fs::write(root.join(".checkpoint.old-77/progress.json"), "good").unwrap();
+        fs::create_dir_all(root.join(".checkpoint.tmp-77")).unwrap();
+        assert!(recover_folder(&dir).unwrap());
+        assert_eq!(
+            fs::read_to_string(dir.join("progress.json")).unwrap(),
+            "good"
+        );
+        assert!(!root.join(".checkpoint.tmp-77").exists());
+        // With `dir` present, leftovers are removed and `dir` is untouched.
+        fs::create_dir_all(root.join(".checkpoint.old-78")).unwrap();
+        assert!(recover_folder(&dir).unwrap());
+        assert!(!root.join(".checkpoint.old-78").exists());
+        assert_eq!(
+            fs::read_to_string(dir.join("progress.json")).unwrap(),
+            "good"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn neox_qkv_reorder_roundtrips() {

@@ -195,6 +195,8 @@ fn all_finite(stage: &str, step: usize, m: &Metrics) -> Result<(), TrainError> {
 pub fn run_stage(stage: &mut dyn Stage, opts: &RunOptions) -> Result<(), TrainError> {
     std::fs::create_dir_all(&opts.dir).map_err(io(&opts.dir))?;
     let ckpt = opts.dir.join("checkpoint");
+    // A process killed while saving leaves the previous checkpoint aside: put it back.
+    rlhf_model::recover_folder(&ckpt)?;
     let mut start = 0;
     if opts.resume && ckpt.join("progress.json").exists() {
         let p = ckpt.join("progress.json");

@@ -34,6 +34,8 @@ pub struct TrainOptions {
     pub live: bool,
     /// Stop (after a checkpoint) once the named stage has done this many steps (tests).
     pub stop_after: Option<(String, usize)>,
+    /// Run only these stages (the stages they use must be complete).
+    pub only: Option<Vec<String>>,
 }
 
 /// What a run leaves behind.
@@ -64,8 +66,12 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), TrainError
 /// The stage's identity: its resolved TOML and the sha256 of its data files. A stage folder
 /// made with another identity is never resumed or reused.
 fn fingerprint(spec: &PipelineSpec, st: &StageSpec) -> Result<String, TrainError> {
+    // Where the run lives and what it is called are not part of a stage's identity (a finished
+    // stage folder may be copied into another run).
     let one = PipelineSpec {
         stages: vec![st.clone()],
+        name: String::new(),
+        out: PathBuf::new(),
         ..spec.clone()
     };
     let mut text = one.to_toml();
@@ -84,6 +90,9 @@ fn claim(dir: &Path, identity: &str) -> Result<(), TrainError> {
     let p = dir.join("stage.toml");
     match std::fs::read_to_string(&p) {
         Ok(old) if old == identity => Ok(()),
+        // A folder in which nothing was trained yet (its run failed before the first
+        // checkpoint) is taken over by the new config.
+        Ok(_) if !dir.join("checkpoint").exists() => write_atomically(&p, identity),
         Ok(old) => {
             let diff = old
                 .lines()
@@ -130,9 +139,46 @@ pub fn run_pipeline(
     })?;
     std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
     write_atomically(&spec.out.join("config.toml"), &spec.to_toml())?;
+    if let Some(only) = &opts.only
+        && let Some(bad) = only
+            .iter()
+            .find(|n| !spec.stages.iter().any(|s| s.name == **n))
+    {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "--stages: {} has no stage `{bad}` (stages: {})",
+                spec.source.display(),
+                spec.stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     let mut trained = 0;
     for (i, st) in spec.stages.iter().enumerate() {
         let dir = spec.out.join(&st.name);
+        rlhf_model::recover_folder(&dir.join("final"))?;
+        rlhf_model::recover_folder(&dir.join("checkpoint"))?;
+        let selected = opts.only.as_ref().is_none_or(|o| o.contains(&st.name));
+        if !selected {
+            continue;
+        }
+        for dep in super::spec::dependencies(st) {
+            let ddir = spec.out.join(dep);
+            let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
+            if !finished(&ddir, total_steps(&dst.config)) {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
+                         first",
+                        st.name,
+                        spec.out.display()
+                    ),
+                });
+            }
+        }
         claim(&dir, &fingerprint(spec, st)?)?;
         if finished(&dir, total_steps(&st.config)) {
             if opts.live {

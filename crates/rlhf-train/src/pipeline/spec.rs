@@ -30,6 +30,23 @@ const PATH_KEYS: [&str; 8] = [
     "eval_data",
 ];
 
+/// Every key of [`StageInputs`].
+const INPUT_KEYS: [&str; 13] = [
+    "policy",
+    "reference",
+    "reward_model",
+    "init",
+    "judge",
+    "tokenizer",
+    "chat_template",
+    "data",
+    "eval_data",
+    "eval_fraction",
+    "tokenize",
+    "seed",
+    "checkpoint_every",
+];
+
 /// The inputs of one stage, as written in the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,11 +291,18 @@ pub fn parse_pipeline(
         Some(kind) => overrides
             .iter()
             .map(|o| {
-                let key = o.split('=').next().unwrap_or("").trim();
+                let Some((key, _)) = o.split_once('=') else {
+                    return o.clone(); // malformed: reported as given
+                };
+                let key = key.trim();
+                let first = key.split('.').next().unwrap_or("");
                 if ["name", "seed", "out"].contains(&key) {
                     o.clone()
-                } else {
+                } else if INPUT_KEYS.contains(&first) || first == kind {
                     format!("stages.{kind}.{o}")
+                } else {
+                    // `--set optim.lr=1e-7` addresses the stage's config table.
+                    format!("stages.{kind}.{kind}.{o}")
                 }
             })
             .collect(),
@@ -362,6 +386,21 @@ fn from_whole(
     };
     check_references(&spec)?;
     Ok(spec)
+}
+
+/// The stages whose output `st` uses.
+pub fn dependencies(st: &StageSpec) -> Vec<&str> {
+    let i = &st.inputs;
+    [
+        Some(&i.policy),
+        i.reference.as_ref(),
+        i.reward_model.as_ref(),
+        i.judge.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|v| stage_ref(v))
+    .collect()
 }
 
 /// Every `stage:NAME` names an earlier stage of the right kind.
@@ -518,7 +557,12 @@ regularizer = { type = "kl", coef = 0.1 }
     fn single_stage_files() {
         let p = parse(
             "policy = \"m\"\ndata = \"d.jsonl\"\n[offline]\nsteps = 5\n",
-            &["offline.steps=7", "eval_fraction=0.2", "name=x"],
+            &[
+                "offline.steps=7",
+                "eval_fraction=0.2",
+                "name=x",
+                "optim.lr=1e-7",
+            ],
         )
         .unwrap();
         assert_eq!(p.name, "x");
@@ -528,7 +572,7 @@ regularizer = { type = "kl", coef = 0.1 }
         let StageConfig::Offline(c) = &p.stages[0].config else {
             panic!()
         };
-        assert_eq!(c.steps, 7);
+        assert_eq!((c.steps, c.optim.lr), (7, 1e-7));
     }
 
     #[test]
