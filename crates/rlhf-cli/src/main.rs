@@ -386,7 +386,8 @@ fn generate(
         seed,
     };
     cfg.validate().context("generation settings")?;
-    let samples = rlhf_rollout::generate(&assets.model, std::slice::from_ref(&prompt_ids), &cfg);
+    let samples =
+        rlhf_rollout::try_generate(&assets.model, std::slice::from_ref(&prompt_ids), &cfg)?;
     let s = &samples[0];
     let text = match assets.tokenizer() {
         Ok(t) => t.decode(&s.response_ids, false)?,

@@ -707,8 +707,10 @@ impl Stage for OnlineTrainer {
         self.model = Some(load_policy(dir, &self.device)?);
         self.optim.reload(&dir.join("optimizer.bpk"))?;
         if self.value.is_some() {
-            let map = rlhf_model::read_safetensors(&dir.join("value_head.safetensors"))?;
-            self.value = Some(v_from_map(&map, &self.device));
+            let p = dir.join("value_head.safetensors");
+            let map = rlhf_model::read_safetensors(&p)?;
+            let hidden = self.s.policy.config().hidden_size;
+            self.value = Some(v_from_map(&map, &self.device, &p, hidden)?);
             self.value_optim
                 .as_mut()
                 .expect("value optimiser")
@@ -736,13 +738,27 @@ fn v_map(v: &ValueHead) -> rlhf_model::WeightMap {
     map
 }
 
-fn v_from_map(map: &rlhf_model::WeightMap, device: &Device) -> ValueHead {
-    let t = |k: &str| {
-        let h = &map[k];
-        TensorData::new(h.data.clone(), h.shape.clone())
+fn v_from_map(
+    map: &rlhf_model::WeightMap,
+    device: &Device,
+    path: &Path,
+    hidden: usize,
+) -> Result<ValueHead, TrainError> {
+    let t = |k: &str, shape: &[usize]| {
+        let h = map.get(k).ok_or_else(|| TrainError::Format {
+            path: path.into(),
+            what: format!("no tensor `{k}` (a value head checkpoint holds value_head.weight and value_head.bias)"),
+        })?;
+        if h.shape != shape || h.data.len() != shape.iter().product::<usize>() {
+            return Err(TrainError::Format {
+                path: path.into(),
+                what: format!("`{k}` has shape {:?}, expected {shape:?}", h.shape),
+            });
+        }
+        Ok(TensorData::new(h.data.clone(), h.shape.clone()))
     };
-    ValueHead::from_tensors(
-        Tensor::from_data(t("value_head.weight"), device),
-        Tensor::from_data(t("value_head.bias"), device),
-    )
+    Ok(ValueHead::from_tensors(
+        Tensor::from_data(t("value_head.weight", &[hidden, 1])?, device),
+        Tensor::from_data(t("value_head.bias", &[1])?, device),
+    ))
 }

@@ -254,37 +254,44 @@ fn template_of(
     ChatTemplate::from_model_folder(&path).map_err(|e| bad(st, "policy", e))
 }
 
-/// The tokenizer and template of stage `i`, checked against `vocab_size` (the policy's).
-pub fn text_assets(
-    spec: &PipelineSpec,
-    i: usize,
-    vocab_size: usize,
-) -> Result<TextAssets, TrainError> {
-    let st = &spec.stages[i];
+/// The tokenizer and template of stage `i` (check them against the model with
+/// [`check_vocab`]).
+pub fn text_assets(spec: &PipelineSpec, i: usize) -> Result<TextAssets, TrainError> {
     let tok = tokenizer_of(spec, i)?;
-    if tok.vocab_size() > vocab_size {
-        let (j, p) = root_policy(spec, i);
-        return Err(bad(
-            st,
-            if st.inputs.tokenizer.is_some() {
-                "tokenizer"
-            } else {
-                "policy"
-            },
-            format!(
-                "the tokenizer has {} tokens but the model's vocabulary has {vocab_size} (model \
-                 from stages.{}.policy = {}): they do not belong together",
-                tok.vocab_size(),
-                spec.stages[j].name,
-                p.display()
-            ),
-        ));
-    }
     let template = template_of(spec, i, &tok)?.map(Arc::new);
     Ok(TextAssets {
         tok: Arc::new(tok),
         template,
     })
+}
+
+/// The tokenizer of stage `i` must fit the policy's vocabulary of `vocab_size` ids.
+pub fn check_vocab(
+    spec: &PipelineSpec,
+    i: usize,
+    text: &TextAssets,
+    vocab_size: usize,
+) -> Result<(), TrainError> {
+    let st = &spec.stages[i];
+    if text.tok.vocab_size() <= vocab_size {
+        return Ok(());
+    }
+    let (j, p) = root_policy(spec, i);
+    Err(bad(
+        st,
+        if st.inputs.tokenizer.is_some() {
+            "tokenizer"
+        } else {
+            "policy"
+        },
+        format!(
+            "the tokenizer has {} tokens but the model's vocabulary has {vocab_size} (model \
+             from stages.{}.policy = {}): they do not belong together",
+            text.tok.vocab_size(),
+            spec.stages[j].name,
+            p.display()
+        ),
+    ))
 }
 
 fn data_err<'a>(st: &'a StageSpec, field: &str) -> impl FnOnce(DataError) -> TrainError + 'a {

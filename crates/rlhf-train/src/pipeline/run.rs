@@ -11,8 +11,8 @@ use rlhf_model::{CausalLm, HeadKind, ModelConfig, ModelError, RewardModel, Weigh
 use sha2::{Digest, Sha256};
 
 use super::inputs::{
-    TextAssets, causal_lm, final_dir, pair_data, prompt_data, reward_from_policy, reward_model,
-    sft_data, text_assets,
+    TextAssets, causal_lm, check_vocab, final_dir, pair_data, prompt_data, reward_from_policy,
+    reward_model, sft_data, text_assets,
 };
 use super::judge::{Judged, RewardJudge};
 use super::spec::{PipelineSpec, StageSpec};
@@ -300,16 +300,21 @@ fn run_one(
     let max_new = inp.tokenize.max_completion_len.min(64);
     match &st.config {
         StageConfig::Sft(cfg) => {
-            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
-            let text = text_assets(spec, i, model.config().vocab_size)?;
+            // Data first: a bad line is reported before any model is loaded.
+            let text = text_assets(spec, i)?;
             let (eos, pad) = (text.eos(st)?, text.pad(st)?);
             let (data, held, prompts) = sft_data(st, &text)?;
+            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            check_vocab(spec, i, &text, model.config().vocab_size)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
             let t = SftTrainer::new(cfg.clone(), model, data, held, pad, mix(seed, 1, 0))?;
             let t = drive(t, j, &text, eos, max_new, &ro)?;
             export_causal(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Reward(cfg) => {
+            let text = text_assets(spec, i)?;
+            let pad = text.pad(st)?;
+            let (train_pairs, held, _) = pair_data(st, &text, cfg.eval_fraction)?;
             let model = match (&inp.reward_model, inp.init.as_deref()) {
                 (Some(_), Some(_)) => {
                     return Err(TrainError::Mismatch {
@@ -330,9 +335,7 @@ fn run_one(
                     });
                 }
             };
-            let text = text_assets(spec, i, model.config().vocab_size)?;
-            let pad = text.pad(st)?;
-            let (train_pairs, held, _) = pair_data(st, &text, cfg.eval_fraction)?;
+            check_vocab(spec, i, &text, model.config().vocab_size)?;
             let mut cfg = cfg.clone();
             let n = train_pairs.len() + held.len();
             cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
@@ -343,12 +346,13 @@ fn run_one(
             export_reward(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Offline(cfg) => {
-            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
-            let r = inp.reference.as_deref().unwrap_or(&inp.policy);
-            let reference = causal_lm(spec, st, "reference", r, plain)?;
-            let text = text_assets(spec, i, model.config().vocab_size)?;
+            let text = text_assets(spec, i)?;
             let (eos, pad) = (text.eos(st)?, text.pad(st)?);
             let (pairs, _, prompts) = pair_data(st, &text, fraction_or(st, 0.1))?;
+            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            check_vocab(spec, i, &text, model.config().vocab_size)?;
+            let r = inp.reference.as_deref().unwrap_or(&inp.policy);
+            let reference = causal_lm(spec, st, "reference", r, plain)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
             let t = OfflineTrainer::new(
                 &st.name,
@@ -363,6 +367,8 @@ fn run_one(
             export_causal(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Online(cfg) => {
+            let text = text_assets(spec, i)?;
+            let (prompts, eval_prompts) = prompt_data(st, &text, inp.judge.is_some())?;
             let policy = causal_lm(spec, st, "policy", &inp.policy, &train)?;
             let r = inp.reference.as_deref().unwrap_or(&inp.policy);
             let reference = causal_lm(spec, st, "reference", r, plain)?;
@@ -378,9 +384,8 @@ fn run_one(
             };
             let rm = reward_model(spec, st, "reward_model", rm, plain)?;
             let v = policy.config().vocab_size;
-            let text = text_assets(spec, i, v)?;
+            check_vocab(spec, i, &text, v)?;
             let gold = judge(spec, st, &text, v, plain)?;
-            let (prompts, eval_prompts) = prompt_data(st, &text, gold.is_some())?;
             let setup = OnlineSetup {
                 policy,
                 reference,
