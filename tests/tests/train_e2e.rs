@@ -35,7 +35,7 @@ use rlhf_train::{
     Algorithm, EvalConfig, Metrics, OfflineConfig, OfflineTrainer, OnlineConfig, OnlinePrompt,
     OnlineSetup, OnlineTrainer, OptimConfig, PairExample, RewardConfig, RewardTrainer, RunOptions,
     Schedule, SftConfig, SftExample, SftTrainer, Stage, StageConfig, TrainError, Validate,
-    load_config, load_stage_config, parse_config, parse_stage_config, run_stage,
+    load_config, parse_config, parse_stage_config, run_stage,
 };
 use serde_json::{Map, Value};
 

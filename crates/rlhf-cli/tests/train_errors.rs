@@ -54,9 +54,26 @@ fn fails_with(dir: &Path, text: &str, extra: &[&str], needles: &[&str]) {
     }
 }
 
+/// A word-level tokenizer.json of 3 ids (every word is `<unk>`), small enough for the tiny
+/// oracle models' vocabulary of 256, so that a case gets past tokenisation to the model.
+fn tiny_tokenizer(dir: &Path) -> String {
+    let p = dir.join("tokenizer.json");
+    std::fs::write(
+        &p,
+        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "</s>": 1, "<pad>": 2},
+                      "unk_token": "<unk>"}}"#,
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
 #[test]
 fn bad_inputs_are_named() {
     let d = tmp("bad");
+    let tj = tiny_tokenizer(&d);
     let data = root().join("data/tiny-en");
     let sft = data.join("sft.jsonl").display().to_string();
     let pairs = data.join("pairs.jsonl").display().to_string();
@@ -90,8 +107,8 @@ fn bad_inputs_are_named() {
     fails_with(
         &d,
         &format!(
-            "[stages.ppo]\npolicy = \"{llama}\"\nreward_model = \"{llama}\"\ndata = \"{sft}\"\n\
-             [stages.ppo.online]\n"
+            "[stages.ppo]\npolicy = \"{llama}\"\ntokenizer = \"{tj}\"\nreward_model = \"{llama}\"\n\
+             data = \"{sft}\"\n[stages.ppo.online]\n"
         ),
         &[],
         &[
@@ -103,7 +120,7 @@ fn bad_inputs_are_named() {
     // A reward model given as the policy.
     fails_with(
         &d,
-        &format!("policy = \"{rm}\"\ndata = \"{sft}\"\n[sft]\nsteps = 1\n"),
+        &format!("policy = \"{rm}\"\ntokenizer = \"{tj}\"\ndata = \"{sft}\"\n[sft]\nsteps = 1\n"),
         &[],
         &["stages.sft.policy", "is a reward model"],
     );

@@ -73,7 +73,7 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
             b.set_message(short(m));
-        } else if !self.quiet && (done % self.every == 0 || done == self.total) {
+        } else if !self.quiet && (done.is_multiple_of(self.every) || done == self.total) {
             eprintln!("{}{}", live_line(&self.stage, done, m), self.rate(done));
         }
     }

@@ -36,6 +36,18 @@ fn index_of(spec: &PipelineSpec, name: &str) -> usize {
         .expect("stage references are checked when the file is read")
 }
 
+fn missing(st: &StageSpec, field: &str, path: &Path) -> TrainError {
+    bad(
+        st,
+        field,
+        format!(
+            "{} does not exist (expected an HF model folder with config.json and *.safetensors, \
+             or a .gguf file)",
+            path.display()
+        ),
+    )
+}
+
 /// Opens the model a key names (`stage:NAME` is that stage's final folder).
 fn open(
     spec: &PipelineSpec,
@@ -48,15 +60,7 @@ fn open(
         None => PathBuf::from(value),
     };
     if !path.exists() {
-        return Err(bad(
-            st,
-            field,
-            format!(
-                "{} does not exist (expected an HF model folder with config.json and \
-                 *.safetensors, or a .gguf file)",
-                path.display()
-            ),
-        ));
+        return Err(missing(st, field, &path));
     }
     Checkpoint::open(&path).map_err(|e| bad(st, field, e))
 }
@@ -165,7 +169,7 @@ impl TextAssets {
 
     /// The padding id (EOS when the tokenizer has none: padding is masked).
     pub fn pad(&self, st: &StageSpec) -> Result<u32, TrainError> {
-        Ok(self.tok.pad_id().map_or_else(|| self.eos(st), Ok)?)
+        self.tok.pad_id().map_or_else(|| self.eos(st), Ok)
     }
 }
 
@@ -199,6 +203,9 @@ fn tokenizer_of(spec: &PipelineSpec, i: usize) -> Result<Tokenizer, TrainError> 
         return tokenizer_of(spec, index_of(spec, name));
     }
     let path = PathBuf::from(&st.inputs.policy);
+    if !path.exists() {
+        return Err(missing(st, "policy", &path));
+    }
     if is_gguf(&path) {
         return crate::assets::gguf_tokenizer(&gguf_file(st, &path)?);
     }

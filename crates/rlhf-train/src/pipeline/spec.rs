@@ -274,10 +274,10 @@ pub fn parse_pipeline(
     for (_, t) in &mut parts {
         absolutise(t, &base);
     }
-    if let Some(toml::Value::String(o)) = table.get_mut("out") {
-        if Path::new(o.as_str()).is_relative() {
-            *o = base.join(&*o).display().to_string();
-        }
+    if let Some(toml::Value::String(o)) = table.get_mut("out")
+        && Path::new(o.as_str()).is_relative()
+    {
+        *o = base.join(&*o).display().to_string();
     }
     let mut whole = table;
     let mut stages = toml::Table::new();
@@ -316,10 +316,10 @@ pub fn parse_pipeline(
             }
         }
     }
-    if let Some(toml::Value::String(o)) = whole.get_mut("out") {
-        if Path::new(o.as_str()).is_relative() {
-            *o = cwd.join(&*o).display().to_string();
-        }
+    if let Some(toml::Value::String(o)) = whole.get_mut("out")
+        && Path::new(o.as_str()).is_relative()
+    {
+        *o = cwd.join(&*o).display().to_string();
     }
     from_whole(whole, path, &source, cwd)
 }
