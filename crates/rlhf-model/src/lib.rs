@@ -22,5 +22,5 @@ pub use model::{CausalLm, Decoder, KvCache, RewardModel, ValueHead, gather_rows}
 pub use weights::{
     Checkpoint, HostTensor, Strictness, WeightMap, causal_lm_from_map, init_weights,
     read_safetensors, recover_folder, reward_model_from_map, save_folder_atomically, save_hf,
-    write_safetensors,
+    save_hf_with, write_safetensors,
 };

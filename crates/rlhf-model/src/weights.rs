@@ -812,11 +812,24 @@ pub fn save_hf(
     head: HeadKind,
     map: &WeightMap,
 ) -> Result<(), ModelError> {
+    save_hf_with(dir, cfg, head, map, |_| Ok(()))
+}
+
+/// [`save_hf`], with `extra` writing more files (a tokenizer, ...) into the folder before it is
+/// swapped into place, so the whole folder appears at once or not at all.
+pub fn save_hf_with(
+    dir: &Path,
+    cfg: &ModelConfig,
+    head: HeadKind,
+    map: &WeightMap,
+    extra: impl FnOnce(&Path) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
     save_folder_atomically(dir, |tmp| {
         let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json(head)).expect("json");
         let p = tmp.join("config.json");
         fs::write(&p, cfg_text).map_err(|source| ModelError::Io { path: p, source })?;
-        write_safetensors(map, &tmp.join("model.safetensors"))
+        write_safetensors(map, &tmp.join("model.safetensors"))?;
+        extra(tmp)
     })
 }
 

@@ -697,6 +697,16 @@ impl StageConfig {
     /// The table names a stage file may use, one per type.
     pub const KINDS: [&'static str; 4] = ["sft", "reward", "offline", "online"];
 
+    /// The number of optimiser steps.
+    pub fn steps(&self) -> usize {
+        match self {
+            StageConfig::Sft(c) => c.steps,
+            StageConfig::Reward(c) => c.steps,
+            StageConfig::Offline(c) => c.steps,
+            StageConfig::Online(c) => c.steps,
+        }
+    }
+
     /// The file's table name: `sft`, `reward`, `offline` or `online`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -83,3 +83,11 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] rlhf_data::DataError),
 }
+
+/// `map_err` adaptor: an I/O error on `path` as [`TrainError::Io`].
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.into(),
+        source,
+    }
+}

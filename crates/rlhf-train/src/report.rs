@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::study::{StudyConfig, eval_series};
 
 /// What the report is made from.
@@ -220,13 +220,6 @@ fn f(x: f64) -> String {
         format!("{x:.3}")
     } else {
         "n/a".into()
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
     }
 }
 

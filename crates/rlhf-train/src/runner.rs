@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::metrics::{Metrics, MetricsLog};
 use crate::progress::{Progress as Display, Verbosity};
 
@@ -44,6 +44,14 @@ pub struct Progress {
     pub steps_done: usize,
     /// Stage name.
     pub stage: String,
+}
+
+/// Whether the stage folder `dir` holds a checkpoint of at least `total` steps.
+pub fn checkpoint_complete(dir: &Path, total: usize) -> bool {
+    std::fs::read_to_string(dir.join("checkpoint/progress.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Progress>(&t).ok())
+        .is_some_and(|p| p.steps_done >= total)
 }
 
 /// Where and how often a stage writes.
@@ -96,13 +104,6 @@ pub fn check_finite(
             quantity: quantity.into(),
             value,
         })
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
     }
 }
 

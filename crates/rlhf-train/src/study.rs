@@ -29,13 +29,13 @@ use crate::common::mix;
 use crate::config::{
     OfflineConfig, OnlineConfig, OptimConfig, RewardConfig, Schedule, SftConfig, Validate,
 };
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
 use crate::offline::OfflineTrainer;
 use crate::online::{OnlinePrompt, OnlineSetup, OnlineTrainer};
 use crate::report;
 use crate::reward::{PairExample, RewardTrainer};
-use crate::runner::{RunOptions, Stage, run_stage};
+use crate::runner::{RunOptions, Stage, checkpoint_complete, run_stage};
 use crate::sft::{SftExample, SftTrainer};
 
 /// Size of a decoder built from scratch for the study.
@@ -395,22 +395,6 @@ fn json<T: Serialize>(t: &T) -> String {
     serde_json::to_string(t).expect("serialisable")
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
-    }
-}
-
-/// A stage's completed checkpoint, if any.
-fn completed(dir: &Path, total: usize) -> bool {
-    let p = dir.join("checkpoint/progress.json");
-    std::fs::read_to_string(p)
-        .ok()
-        .and_then(|t| serde_json::from_str::<crate::runner::Progress>(&t).ok())
-        .is_some_and(|p| p.steps_done >= total)
-}
-
 /// What a finished study leaves behind (for the report and tests).
 #[derive(Debug, Clone)]
 pub struct StudyOutput {
@@ -551,7 +535,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         json(&cfg.data.sft_examples),
     ]);
     let sft_dir = ctx.stage_dir("sft", &sft_key);
-    let sft_model = if completed(&sft_dir, cfg.sft.steps) {
+    let sft_model = if checkpoint_complete(&sft_dir, cfg.sft.steps) {
         say("sft: cached");
         Checkpoint::open(&sft_dir.join("checkpoint/model"))?.causal_lm(&ctx.train_device)?
     } else {
@@ -685,7 +669,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let rm_dir = ctx.stage_dir("reward", &rm_key);
     let n_eval = ((pairs.len() as f64) * cfg.reward.eval_fraction).round() as usize;
     let held_pairs = pairs[pairs.len() - n_eval..].to_vec();
-    let rm = if completed(&rm_dir, cfg.reward.steps) {
+    let rm = if checkpoint_complete(&rm_dir, cfg.reward.steps) {
         say("reward model: cached");
         Checkpoint::open(&rm_dir.join("checkpoint/model"))?.reward_model(&ctx.device, 0)?
     } else {
@@ -711,7 +695,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                 json(&cfg.data.sft_examples),
             ]);
             let dir = ctx.stage_dir("reward_pretrain", &key);
-            let lm = if completed(&dir, cfg.reward_pretrain.steps) {
+            let lm = if checkpoint_complete(&dir, cfg.reward_pretrain.steps) {
                 say("reward model pre-training: cached");
                 Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
             } else {
@@ -773,7 +757,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     for (name, ocfg) in [("dpo", &cfg.dpo), ("simpo", &cfg.simpo)] {
         let key = key_of(&[pairs_key.clone(), json(ocfg)]);
         let dir = ctx.stage_dir(name, &key);
-        let model = if completed(&dir, ocfg.steps) {
+        let model = if checkpoint_complete(&dir, ocfg.steps) {
             say(&format!("{name}: cached"));
             Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
         } else {
@@ -841,7 +825,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             ]);
             let label = format!("{}@lr{lr:e}", arm.name);
             let dir = ctx.stage_dir(&format!("online-{}-lr{lr:e}", arm.name), &key);
-            if completed(&dir, ocfg.steps) {
+            if checkpoint_complete(&dir, ocfg.steps) {
                 say(&format!("online {label}: cached"));
             } else {
                 say(&format!("online {label}: training"));

@@ -1,12 +1,12 @@
 //! `report.md` of a `rlhf train` run: per stage, the last value of its main metrics and SVG
 //! curves of them (`figures/<stage>-<metric>.svg`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
 use super::spec::PipelineSpec;
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
 use crate::report::svg_plot;
 
@@ -57,13 +57,6 @@ fn series(rows: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
     rows.iter()
         .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
         .collect()
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
-    }
 }
 
 /// Writes `<out>/report.md` and its figures from the stages' `metrics.jsonl`.

@@ -18,11 +18,11 @@ use super::judge::{Judged, RewardJudge};
 use super::spec::{PipelineSpec, StageSpec};
 use crate::common::{check_weights_finite, mix};
 use crate::config::StageConfig;
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::offline::OfflineTrainer;
 use crate::online::{Decoder, OnlineSetup, OnlineTrainer};
 use crate::reward::RewardTrainer;
-use crate::runner::{RunOptions, Stage, run_stage};
+use crate::runner::{RunOptions, Stage, checkpoint_complete, run_stage};
 use crate::sft::SftTrainer;
 
 /// How `rlhf train` runs.
@@ -47,13 +47,6 @@ pub struct PipelineOutput {
     pub report: PathBuf,
     /// How many stages trained in this call (0: everything was complete already).
     pub trained: usize,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
-    }
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
@@ -112,21 +105,9 @@ fn claim(dir: &Path, identity: &str) -> Result<(), TrainError> {
     }
 }
 
+/// A stage is finished when its checkpoint is complete and its final folder exported.
 fn finished(dir: &Path, total: usize) -> bool {
-    dir.join("final/config.json").is_file()
-        && std::fs::read_to_string(dir.join("checkpoint/progress.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<crate::runner::Progress>(&t).ok())
-            .is_some_and(|p| p.steps_done >= total)
-}
-
-fn total_steps(c: &StageConfig) -> usize {
-    match c {
-        StageConfig::Sft(c) => c.steps,
-        StageConfig::Reward(c) => c.steps,
-        StageConfig::Offline(c) => c.steps,
-        StageConfig::Online(c) => c.steps,
-    }
+    dir.join("final/config.json").is_file() && checkpoint_complete(dir, total)
 }
 
 /// Runs every stage of `spec` and writes the report.
@@ -168,7 +149,7 @@ pub fn run_pipeline(
         for dep in super::spec::dependencies(st) {
             let ddir = spec.out.join(dep);
             let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
-            if !finished(&ddir, total_steps(&dst.config)) {
+            if !finished(&ddir, dst.config.steps()) {
                 return Err(TrainError::Mismatch {
                     what: format!(
                         "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
@@ -180,7 +161,7 @@ pub fn run_pipeline(
             }
         }
         claim(&dir, &fingerprint(spec, st)?)?;
-        if finished(&dir, total_steps(&st.config)) {
+        if finished(&dir, st.config.steps()) {
             if opts.live {
                 eprintln!("[{}] complete, skipped", st.name);
             }
@@ -421,21 +402,17 @@ fn export(
     text: &TextAssets,
 ) -> Result<(), TrainError> {
     check_weights_finite(map)?;
-    rlhf_model::save_folder_atomically(dir, |tmp| {
-        let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json(head)).expect("json");
-        let p = tmp.join("config.json");
-        std::fs::write(&p, cfg_text).map_err(|source| ModelError::Io { path: p, source })?;
-        rlhf_model::write_safetensors(map, &tmp.join("model.safetensors"))?;
-        if text.tok.hf().is_some() {
-            let tmpl = text.template.as_ref().map(|t| t.source());
-            text.tok
-                .save_hf_files(tmp, tmpl)
-                .map_err(|e| ModelError::Format {
-                    path: tmp.into(),
-                    what: e.to_string(),
-                })?;
+    rlhf_model::save_hf_with(dir, cfg, head, map, |tmp| {
+        if text.tok.hf().is_none() {
+            return Ok(());
         }
-        Ok(())
+        let tmpl = text.template.as_ref().map(|t| t.source());
+        text.tok
+            .save_hf_files(tmp, tmpl)
+            .map_err(|e| ModelError::Format {
+                path: tmp.into(),
+                what: e.to_string(),
+            })
     })?;
     Ok(())
 }

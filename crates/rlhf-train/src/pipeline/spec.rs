@@ -114,12 +114,7 @@ impl StageSpec {
 
     /// The stage's checkpoint interval.
     pub fn checkpoint_every(&self) -> usize {
-        let steps = match &self.config {
-            StageConfig::Sft(c) => c.steps,
-            StageConfig::Reward(c) => c.steps,
-            StageConfig::Offline(c) => c.steps,
-            StageConfig::Online(c) => c.steps,
-        };
+        let steps = self.config.steps();
         self.inputs.checkpoint_every.unwrap_or((steps / 10).max(1))
     }
 }
