@@ -18,6 +18,7 @@ use minijinja::{Environment, Error, ErrorKind, Value, context};
 
 use crate::chat::ChatMessage;
 use crate::error::DataError;
+use crate::tokenizer::config_token;
 
 /// The most template instructions one rendering may execute.
 const FUEL: u64 = 5_000_000;
@@ -132,7 +133,7 @@ impl ChatTemplate {
         } else {
             None
         };
-        let token = |k: &str| cfg.as_ref().and_then(|c| special_token(c, k));
+        let token = |k: &str| cfg.as_ref().and_then(|c| config_token(c, k));
         let jinja = dir.join("chat_template.jinja");
         if jinja.exists() {
             let src = read(&jinja)?;
@@ -154,15 +155,6 @@ fn read(path: &Path) -> Result<String, DataError> {
         what: "reading a chat template".into(),
         source,
     })
-}
-
-/// `"bos_token"` in a tokenizer_config.json: a string or `{"content": ...}`.
-fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
-    match cfg.get(key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
-        _ => None,
-    }
 }
 
 /// `chat_template` of a tokenizer_config.json: a string, or a list of named templates.

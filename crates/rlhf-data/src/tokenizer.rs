@@ -122,7 +122,7 @@ fn tok_err(operation: &'static str) -> impl FnOnce(tokenizers::Error) -> DataErr
 }
 
 /// `"bos_token"` in a tokenizer_config.json: a string or `{"content": ...}`.
-fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+pub(crate) fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     match cfg.get(key)? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),

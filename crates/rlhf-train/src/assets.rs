@@ -2,13 +2,18 @@
 //! stored in a GGUF file's metadata, rebuilt as an `rlhf_data::Tokenizer`.
 
 use rlhf_data::{GgufBpeParts, Tokenizer};
-use rlhf_model::gguf::{GgufFile, tokenizer_parts};
+use rlhf_model::gguf::{GgufFile, GgufTokenizerParts, tokenizer_parts};
 
 use crate::error::TrainError;
 
 /// The byte-level BPE tokenizer stored in `file`'s metadata.
 pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, TrainError> {
     let p = tokenizer_parts(file).map_err(rlhf_model::ModelError::from)?;
+    tokenizer_from_parts(p)
+}
+
+/// The tokenizer of GGUF tokenizer metadata already read with `tokenizer_parts`.
+pub fn tokenizer_from_parts(p: GgufTokenizerParts) -> Result<Tokenizer, TrainError> {
     let parts = GgufBpeParts {
         model: p.model,
         pre: p.pre,

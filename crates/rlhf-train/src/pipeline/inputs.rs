@@ -173,43 +173,41 @@ impl TextAssets {
     }
 }
 
-/// Where the policy of stage `i` comes from on disk, following `stage:` references back.
-fn root_policy(spec: &PipelineSpec, i: usize) -> (usize, PathBuf) {
-    let st = &spec.stages[i];
-    match stage_ref(&st.inputs.policy) {
-        Some(name) => root_policy(spec, index_of(spec, name)),
-        None => (i, PathBuf::from(&st.inputs.policy)),
+/// Stage `i`, then the stage its policy names with `stage:`, and so on: the last one's policy is
+/// a file.
+fn policy_chain(spec: &PipelineSpec, i: usize) -> Vec<usize> {
+    let mut chain = vec![i];
+    while let Some(name) = stage_ref(&spec.stages[chain[chain.len() - 1]].inputs.policy) {
+        chain.push(index_of(spec, name));
     }
+    chain
 }
 
-fn gguf_file(st: &StageSpec, path: &Path) -> Result<rlhf_model::gguf::GgufFile, TrainError> {
-    rlhf_model::gguf::GgufFile::open(path).map_err(|e| bad(st, "policy", e))
+/// Where the policy of stage `i` comes from on disk: (the stage that names the file, the file).
+fn root_policy(spec: &PipelineSpec, i: usize) -> (usize, PathBuf) {
+    let root = *policy_chain(spec, i).last().expect("never empty");
+    (root, PathBuf::from(&spec.stages[root].inputs.policy))
 }
 
 fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().is_some_and(|e| e == "gguf")
 }
 
-/// The tokenizer of stage `i`: its `tokenizer` key, else the one of the stage its policy
-/// comes from, else the policy's own (the GGUF's, or the folder's tokenizer.json).
-fn tokenizer_of(spec: &PipelineSpec, i: usize) -> Result<Tokenizer, TrainError> {
-    let st = &spec.stages[i];
-    match st.inputs.tokenizer.as_deref() {
-        Some("synthetic") => return Ok(Tokenizer::bytes()),
-        Some(p) => return Tokenizer::from_file(Path::new(p)).map_err(|e| bad(st, "tokenizer", e)),
-        None => {}
-    }
-    if let Some(name) = stage_ref(&st.inputs.policy) {
-        return tokenizer_of(spec, index_of(spec, name));
-    }
-    let path = PathBuf::from(&st.inputs.policy);
-    if !path.exists() {
-        return Err(missing(st, "policy", &path));
-    }
-    if is_gguf(&path) {
-        return crate::assets::gguf_tokenizer(&gguf_file(st, &path)?);
-    }
-    let tj = path.join("tokenizer.json");
+fn template_file(st: &StageSpec, p: &str, tok: &Tokenizer) -> Result<ChatTemplate, TrainError> {
+    let src =
+        std::fs::read_to_string(p).map_err(|e| bad(st, "chat_template", format!("{p}: {e}")))?;
+    let (bos, eos) = special_names(tok);
+    ChatTemplate::new(&src, p, bos, eos).map_err(|e| bad(st, "chat_template", e))
+}
+
+fn special_names(tok: &Tokenizer) -> (Option<String>, Option<String>) {
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+    (name(tok.bos_id()), name(tok.eos_id()))
+}
+
+/// The folder's tokenizer.json (the tokenizer of an HF policy folder).
+fn folder_tokenizer(st: &StageSpec, dir: &Path) -> Result<Tokenizer, TrainError> {
+    let tj = dir.join("tokenizer.json");
     if !tj.is_file() {
         return Err(bad(
             st,
@@ -217,58 +215,68 @@ fn tokenizer_of(spec: &PipelineSpec, i: usize) -> Result<Tokenizer, TrainError> 
             format!(
                 "{} has no tokenizer.json: set `tokenizer` to a tokenizer.json file (or \
                  \"synthetic\" for the built-in task)",
-                path.display()
+                dir.display()
             ),
         ));
     }
     Tokenizer::from_file(&tj).map_err(|e| bad(st, "policy", e))
 }
 
-/// The chat template of stage `i`, found like its tokenizer.
-fn template_of(
-    spec: &PipelineSpec,
-    i: usize,
-    tok: &Tokenizer,
-) -> Result<Option<ChatTemplate>, TrainError> {
-    let st = &spec.stages[i];
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
-    let (bos, eos) = (name(tok.bos_id()), name(tok.eos_id()));
-    if let Some(p) = &st.inputs.chat_template {
-        let src = std::fs::read_to_string(p)
-            .map_err(|e| bad(st, "chat_template", format!("{p}: {e}")))?;
-        return ChatTemplate::new(&src, p, bos, eos)
-            .map(Some)
-            .map_err(|e| bad(st, "chat_template", e));
-    }
-    if st.inputs.tokenizer.as_deref() == Some("synthetic") {
-        return Ok(None);
-    }
-    if let Some(n) = stage_ref(&st.inputs.policy) {
-        return template_of(spec, index_of(spec, n), tok);
-    }
-    let path = PathBuf::from(&st.inputs.policy);
-    if is_gguf(&path) {
-        let parts = rlhf_model::gguf::tokenizer_parts(&gguf_file(st, &path)?)
-            .map_err(|e| bad(st, "policy", e))?;
-        let Some(src) = parts.chat_template else {
-            return Ok(None);
-        };
-        let origin = format!("{} (tokenizer.chat_template)", path.display());
-        return ChatTemplate::new(&src, &origin, bos, eos)
-            .map(Some)
-            .map_err(|e| bad(st, "policy", e));
-    }
-    ChatTemplate::from_model_folder(&path).map_err(|e| bad(st, "policy", e))
-}
-
 /// The tokenizer and template of stage `i` (check them against the model with
-/// [`check_vocab`]).
+/// [`check_vocab`]). Along the stage's policy chain ([`policy_chain`]), the first stage with a
+/// `tokenizer` key decides the tokenizer, and the first with a `chat_template` key (or the byte
+/// tokenizer, which has no template) decides the template; otherwise the policy file's own are
+/// used: the GGUF's metadata (read once for both), or the folder's tokenizer.json and template.
 pub fn text_assets(spec: &PipelineSpec, i: usize) -> Result<TextAssets, TrainError> {
-    let tok = tokenizer_of(spec, i)?;
-    let template = template_of(spec, i, &tok)?.map(Arc::new);
+    let chain: Vec<&StageSpec> = policy_chain(spec, i)
+        .iter()
+        .map(|&k| &spec.stages[k])
+        .collect();
+    let root = chain[chain.len() - 1];
+    let path = PathBuf::from(&root.inputs.policy);
+    let tok_at = chain.iter().find(|s| s.inputs.tokenizer.is_some());
+    let tmpl_at = chain.iter().find(|s| {
+        s.inputs.chat_template.is_some() || s.inputs.tokenizer.as_deref() == Some("synthetic")
+    });
+    let gguf = if (tok_at.is_none() || tmpl_at.is_none()) && is_gguf(&path) {
+        let file = rlhf_model::gguf::GgufFile::open(&path).map_err(|e| bad(root, "policy", e))?;
+        let parts = rlhf_model::gguf::tokenizer_parts(&file).map_err(|e| bad(root, "policy", e))?;
+        Some(parts)
+    } else {
+        None
+    };
+    let gguf_template = gguf.as_ref().and_then(|p| p.chat_template.clone());
+    let tok = match (tok_at, gguf) {
+        (Some(st), _) => match st.inputs.tokenizer.as_deref() {
+            Some("synthetic") => Tokenizer::bytes(),
+            Some(p) => Tokenizer::from_file(Path::new(p)).map_err(|e| bad(st, "tokenizer", e))?,
+            None => unreachable!("found by its tokenizer key"),
+        },
+        (None, Some(parts)) => crate::assets::tokenizer_from_parts(parts)?,
+        (None, None) if !path.exists() => return Err(missing(root, "policy", &path)),
+        (None, None) => folder_tokenizer(root, &path)?,
+    };
+    let template = match tmpl_at {
+        Some(st) => match &st.inputs.chat_template {
+            Some(p) => Some(template_file(st, p, &tok)?),
+            None => None, // the byte tokenizer
+        },
+        None if is_gguf(&path) => match gguf_template {
+            Some(src) => {
+                let origin = format!("{} (tokenizer.chat_template)", path.display());
+                let (bos, eos) = special_names(&tok);
+                Some(
+                    ChatTemplate::new(&src, &origin, bos, eos)
+                        .map_err(|e| bad(root, "policy", e))?,
+                )
+            }
+            None => None,
+        },
+        None => ChatTemplate::from_model_folder(&path).map_err(|e| bad(root, "policy", e))?,
+    };
     Ok(TextAssets {
         tok: Arc::new(tok),
-        template,
+        template: template.map(Arc::new),
     })
 }
 
