@@ -1,26 +1,15 @@
 //! `rlhf train` on bad input: every case exits with an error naming the file, stage and key,
 //! and none panics. Uses the tiny oracle checkpoints only (seconds).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use rlhf_tests::{oracle_dir, scratch_dir, workspace_root as root};
 
 fn oracle(name: &str) -> String {
-    root()
-        .join("tests/fixtures/hf-oracle")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rlhf-train-errors-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    oracle_dir().join(name).display().to_string()
 }
 
 /// Runs `rlhf train FILE` with `text` as FILE; returns (success, stderr).
@@ -54,26 +43,10 @@ fn fails_with(dir: &Path, text: &str, extra: &[&str], needles: &[&str]) {
     }
 }
 
-/// A word-level tokenizer.json of 3 ids (every word is `<unk>`), small enough for the tiny
-/// oracle models' vocabulary of 256, so that a case gets past tokenisation to the model.
-fn tiny_tokenizer(dir: &Path) -> String {
-    let p = dir.join("tokenizer.json");
-    std::fs::write(
-        &p,
-        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "</s>": 1, "<pad>": 2},
-                      "unk_token": "<unk>"}}"#,
-    )
-    .unwrap();
-    p.display().to_string()
-}
-
 #[test]
 fn bad_inputs_are_named() {
-    let d = tmp("bad");
-    let tj = tiny_tokenizer(&d);
+    let d = scratch_dir("train-errors");
+    let tj = common::word_tokenizer(&d, &[]);
     let data = root().join("data/tiny-en");
     let sft = data.join("sft.jsonl").display().to_string();
     let pairs = data.join("pairs.jsonl").display().to_string();

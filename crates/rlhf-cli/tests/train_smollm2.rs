@@ -10,28 +10,13 @@
 //! nothing; the DPO stage killed with SIGKILL mid-run and resumed writes the same metrics as
 //! the uninterrupted run; bad data and a judge with another vocabulary are named errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn gguf() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; run `cargo xtask fetch smollm2` to enable this test",
-            p.display()
-        );
-        None
-    }
-}
+use rlhf_tests::{is_wallclock_key, scratch_dir, smollm2_path, workspace_root as root};
 
 fn rlhf() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf"));
@@ -62,7 +47,7 @@ fn metrics(path: &Path) -> Vec<Map<String, Value>> {
 fn deterministic(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows.into_iter()
         .map(|mut r| {
-            r.retain(|k, _| !k.starts_with("time/") && !k.starts_with("perf/"));
+            r.retain(|k, _| !is_wallclock_key(k));
             r
         })
         .collect()
@@ -112,11 +97,9 @@ fn check_export(stage_dir: &Path) {
 
 #[test]
 fn smollm2_pipeline_end_to_end() {
-    let Some(_) = gguf() else { return };
+    let Some(_) = smollm2_path() else { return };
     let t0 = Instant::now();
-    let tmp = std::env::temp_dir().join(format!("rlhf-train-smollm2-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = scratch_dir("train-smollm2");
     let data = root().join("data/tiny-en");
     let sft4 = head(&data.join("sft.jsonl"), &tmp.join("sft4.jsonl"), 4);
     let pairs4 = head(&data.join("pairs.jsonl"), &tmp.join("pairs4.jsonl"), 4);

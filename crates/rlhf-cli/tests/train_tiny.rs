@@ -8,36 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-/// A word-level tokenizer.json small enough for the oracle models' 256 ids.
-fn tokenizer(dir: &Path) -> String {
-    let p = dir.join("tokenizer.json");
-    let words = [
-        "<unk>", "</s>", "<pad>", "What", "is", "the", "The", "of", "a", "A", "?", ".",
-    ];
-    let vocab: Vec<String> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| format!("{w:?}: {i}"))
-        .collect();
-    let text = format!(
-        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
-            "decoder": null,
-            "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "<unk>"}}}}"#,
-        vocab.join(", ")
-    );
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
+use rlhf_tests::{is_wallclock_key, oracle_dir, scratch_dir, workspace_root as root};
 
 fn pipeline(dir: &Path) -> PathBuf {
-    let llama = root().join("tests/fixtures/hf-oracle/tiny-llama");
+    let llama = oracle_dir().join("tiny-llama");
     let data = root().join("data/tiny-en");
-    let tok = tokenizer(dir);
+    let words = ["What", "is", "the", "The", "of", "a", "A", "?", "."];
+    let tok = common::word_tokenizer(dir, &words);
     let text = format!(
         r#"
 seed = 7
@@ -109,7 +88,7 @@ fn all_metrics(out: &Path) -> Vec<serde_json::Value> {
                 .map(|l| {
                     let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
                     let o = v.as_object_mut().unwrap();
-                    o.retain(|k, _| !k.starts_with("time/") && !k.starts_with("perf/"));
+                    o.retain(|k, _| !is_wallclock_key(k));
                     v
                 })
                 .collect::<Vec<_>>()
@@ -119,9 +98,7 @@ fn all_metrics(out: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn tiny_pipeline_resumes_and_reproduces() {
-    let dir = std::env::temp_dir().join(format!("rlhf-train-tiny-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("train-tiny");
     let file = pipeline(&dir);
 
     let (ok, err) = train(&file, &dir.join("a"), &["--quiet"]);
