@@ -1,7 +1,7 @@
 //! Shared helpers of the end-to-end test package: where the oracle fixtures live and how to read
 //! them. The tests themselves are in `tests/tests/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -88,14 +88,35 @@ pub fn configs_dir() -> PathBuf {
     workspace_root().join("configs")
 }
 
-/// A fresh, empty scratch folder for one test (removed first if a previous run left it).
-pub fn scratch_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("rlhf-tests-{}-{name}", std::process::id()));
-    if p.exists() {
-        std::fs::remove_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+/// A fresh, empty scratch folder for one test, removed with everything in it when the value
+/// is dropped, also when the test fails (a pipeline test writes gigabytes; a full disk fails
+/// every later run). `RLHF_KEEP_SCRATCH=1` keeps it for a look afterwards.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
     }
-    std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    p
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A new [`Scratch`] folder named after the test.
+pub fn scratch_dir(name: &str) -> Scratch {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("rlhf-tests-{name}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("a scratch folder for {name}: {e}"));
+    if std::env::var_os("RLHF_KEEP_SCRATCH").is_some_and(|v| v != "0") {
+        dir.disable_cleanup(true);
+        eprintln!("{name}: scratch folder kept at {}", dir.path().display());
+    }
+    Scratch(dir)
 }
 
 /// The keys every online training line carries (docs/metrics.md); PPO adds `loss/value_avg`.

@@ -239,7 +239,6 @@ fn sft_loss_falls_on_the_synthetic_task() {
     )
     .unwrap();
     assert_eq!(p.steps_done, 30);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -275,7 +274,6 @@ fn reward_model_separates_held_out_pairs() {
     let held_out = &eos_pairs(48)[36..];
     let (acc2, _) = RewardTrainer::accuracy(&model, held_out, PAD, 4);
     assert!((acc2 - acc).abs() < 1e-9, "{acc2} vs {acc}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Mean over `pairs` of `log pi(chosen) - log pi(rejected)` (summed, or per-token averages).
@@ -349,7 +347,6 @@ fn offline_raises_margin(name: &str, loss: PreferenceLoss, lr: f64, avg: bool) {
         after > before + 0.5,
         "{name}: chosen-over-rejected log-prob margin {before} -> {after}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -664,7 +661,6 @@ fn run_online(name: &str, algorithm: Algorithm, regularizer: Regularizer) -> Map
         0.0,
         "{name}: pi = pi_ref at the first step"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     train[1].clone()
 }
 
@@ -855,8 +851,6 @@ fn resume_matches(
     let wa = std::fs::read(full.join("checkpoint/model/model.safetensors")).unwrap();
     let wb = std::fs::read(split.join("checkpoint/model/model.safetensors")).unwrap();
     assert!(wa == wb, "{name}: final weights differ after resume");
-    let _ = std::fs::remove_dir_all(&full);
-    let _ = std::fs::remove_dir_all(&split);
 }
 
 #[test]
@@ -968,7 +962,6 @@ fn nan_guard_stops_and_keeps_the_last_good_checkpoint() {
         // Nothing non-finite was written.
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         assert!(!text.contains("null"), "{text}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     // (b) Checkpoint only at the end: the poisoned weights surface as a NaN loss at the next
@@ -1024,13 +1017,11 @@ fn nan_guard_stops_and_keeps_the_last_good_checkpoint() {
     )
     .unwrap();
     assert_eq!(progress(&dir).steps_done, 6);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn online_nan_guard_restores_the_policy() {
     for (name, algorithm) in [("rloo-nan", Algorithm::Rloo), ("ppo-nan", ppo())] {
-        let dir = scratch_dir(name);
         let mut setup = online_setup(3);
         // A poisoned reward model: every score is NaN, so rewards, advantages and the loss are.
         let cfg_m = tiny_config();
@@ -1049,7 +1040,6 @@ fn online_nan_guard_restores_the_policy() {
         }
         // The trainer still holds its policy (and can save or hand it back).
         let _ = t.into_model();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -1157,7 +1147,6 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
     .unwrap();
     assert_eq!(progress(&dir).steps_done, 4);
     assert_eq!(train_lines(&dir).len(), 4);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn err_text<T>(r: Result<T, TrainError>) -> String {
@@ -1484,7 +1473,6 @@ fn malformed_inputs_give_clear_errors() {
         )),
         &["at step 3", "asks for 1 steps"],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(count >= 10, "{count} malformed inputs checked");
 }
 
@@ -1512,7 +1500,8 @@ fn every_preset_in_configs_parses_and_validates() {
             assert_eq!(back, st.config, "{}", f.display());
         }
         // The resolved file (`config.toml` of a run) reads back to the same stages.
-        let resolved = scratch_dir("preset").join("config.toml");
+        let scratch = scratch_dir("preset");
+        let resolved = scratch.join("config.toml");
         std::fs::write(&resolved, spec.to_toml()).unwrap();
         let again = load_pipeline(&resolved, &[]).unwrap();
         assert_eq!(again.stages, spec.stages, "{}", f.display());

@@ -157,5 +157,4 @@ fn bad_inputs_are_named() {
     );
     // Not TOML at all.
     fails_with(&d, "this is not = = toml", &[], &["run.toml"]);
-    std::fs::remove_dir_all(&d).unwrap();
 }

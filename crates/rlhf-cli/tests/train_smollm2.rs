@@ -5,10 +5,12 @@
 //! lines it prints). Skipped, saying so, when the GGUF is absent.
 //!
 //! Asserted: every metric finite; the loss of a repeated batch goes down (SFT and DPO train on
-//! one batch of 4); each exported final folder loads back bit-identically and equals the
-//! stage's last checkpoint; `rlhf generate --model FOLDER --prompt` works on it; a re-run does
-//! nothing; the DPO stage killed with SIGKILL mid-run and resumed writes the same metrics as
-//! the uninterrupted run; bad data and a judge with another vocabulary are named errors.
+//! one batch of 4); each exported final folder loads back bit-identically and the stage's
+//! checkpoint is pruned to its progress record; `rlhf generate --model FOLDER --prompt` works
+//! on it; a re-run does nothing; the DPO stage killed with SIGKILL mid-run and resumed writes
+//! the same metrics and the same weights as the uninterrupted run; bad data and a judge with
+//! another vocabulary are named errors. The scratch folder (several GB) is removed at the end,
+//! also when the test fails.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use rlhf_model::read_safetensors;
 use rlhf_tests::{is_wallclock_key, scratch_dir, smollm2_path, workspace_root as root};
 
 fn rlhf() -> Command {
@@ -60,9 +63,10 @@ fn train_loss(rows: &[Map<String, Value>], step: u64) -> f64 {
         .unwrap_or_else(|| panic!("no loss at step {step}"))
 }
 
-/// Asserts the final folder loads back bit-identically and equals the last checkpoint.
-fn check_export(stage_dir: &Path) {
-    use rlhf_model::{Checkpoint, read_safetensors};
+/// Asserts the final folder is complete and loads back bit-identically, and that the stage's
+/// checkpoint was pruned to its progress record. Returns the exported tensors.
+fn check_export(stage_dir: &Path) -> rlhf_model::WeightMap {
+    use rlhf_model::Checkpoint;
     let fin = stage_dir.join("final");
     for f in [
         "config.json",
@@ -72,14 +76,17 @@ fn check_export(stage_dir: &Path) {
     ] {
         assert!(fin.join(f).is_file(), "{} lacks {f}", fin.display());
     }
-    let exported = read_safetensors(&fin.join("model.safetensors")).unwrap();
-    let ckpt = read_safetensors(&stage_dir.join("checkpoint/model/model.safetensors")).unwrap();
+    let ckpt: Vec<_> = std::fs::read_dir(stage_dir.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(
-        exported,
         ckpt,
-        "{}: export differs from the checkpoint",
-        fin.display()
+        ["progress.json"],
+        "{}: not pruned",
+        stage_dir.display()
     );
+    let exported = read_safetensors(&fin.join("model.safetensors")).unwrap();
     let dev = rlhf_backend::test_device();
     let c = Checkpoint::open(&fin).unwrap();
     let back = if exported.contains_key("score.weight") {
@@ -93,6 +100,7 @@ fn check_export(stage_dir: &Path) {
         "{}: not bit-identical after loading",
         fin.display()
     );
+    exported
 }
 
 #[test]
@@ -158,10 +166,7 @@ fn smollm2_pipeline_end_to_end() {
                 }
             }
         }
-        assert!(
-            dir.join("final/tokenizer.json").is_file(),
-            "{stage}: no tokenizer.json"
-        );
+        check_export(&dir);
     }
     // The repeated batch: SFT and DPO losses go down.
     let sft = metrics(&run.join("sft/metrics.jsonl"));
@@ -265,7 +270,11 @@ fn smollm2_pipeline_end_to_end() {
         deterministic(dpo.clone()),
         "resumed DPO metrics differ from the uninterrupted run's"
     );
-    check_export(&kill.join("dpo"));
+    assert!(
+        check_export(&kill.join("dpo"))
+            == read_safetensors(&run.join("dpo/final/model.safetensors")).unwrap(),
+        "the resumed DPO export differs from the uninterrupted run's"
+    );
     let t_kill = t1.elapsed();
 
     // Bad data and a judge with another vocabulary: named errors, no panic.
@@ -313,5 +322,4 @@ fn smollm2_pipeline_end_to_end() {
         t_kill.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
-    std::fs::remove_dir_all(&tmp).unwrap();
 }

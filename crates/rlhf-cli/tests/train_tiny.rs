@@ -130,5 +130,27 @@ fn tiny_pipeline_resumes_and_reproduces() {
         err.contains("steps = 3") && err.contains("steps = 4"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A finished stage keeps only its progress record; with its export removed as well it
+    // trains anew, to the same weights.
+    let b = dir.join("b");
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&b.join("dpo/checkpoint")), ["progress.json"]);
+    let weights = std::fs::read(b.join("dpo/final/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(b.join("dpo/final")).unwrap();
+    let (ok, err) = train(&file, &b, &["--stages", "dpo"]);
+    assert!(ok && err.contains("[dpo] final/ is missing"), "{err}");
+    assert_eq!(
+        std::fs::read(b.join("dpo/final/model.safetensors")).unwrap(),
+        weights,
+        "retrained DPO differs"
+    );
+    assert_eq!(all_metrics(&b), a, "retrained run's metrics differ");
 }

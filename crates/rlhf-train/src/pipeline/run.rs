@@ -110,6 +110,36 @@ fn finished(dir: &Path, total: usize) -> bool {
     dir.join("final/config.json").is_file() && checkpoint_complete(dir, total)
 }
 
+/// Whether `checkpoint/` holds nothing but `progress.json` (see [`prune_checkpoint`]).
+fn pruned(dir: &Path) -> bool {
+    let ckpt = dir.join("checkpoint");
+    std::fs::read_dir(&ckpt).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == "progress.json")
+    }) && ckpt.join("progress.json").is_file()
+}
+
+/// Once a stage has exported `final/`, its checkpoint keeps only `progress.json`, the record
+/// that the stage is complete: the weights are in `final/`, and the optimiser state (twice
+/// the model's size) is of no use to a stage that will not train again.
+fn prune_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    let ckpt = dir.join("checkpoint");
+    for e in std::fs::read_dir(&ckpt).map_err(io(&ckpt))? {
+        let p = e.map_err(io(&ckpt))?.path();
+        if p.file_name().is_some_and(|n| n == "progress.json") {
+            continue;
+        }
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(io(&p))?;
+    }
+    Ok(())
+}
+
 /// Runs every stage of `spec` and writes the report.
 pub fn run_pipeline(
     spec: &PipelineSpec,
@@ -161,6 +191,18 @@ pub fn run_pipeline(
             }
         }
         claim(&dir, &fingerprint(spec, st)?)?;
+        if pruned(&dir) && !dir.join("final/config.json").is_file() {
+            // The export was removed after the weights were pruned: nothing to resume from.
+            if opts.live {
+                eprintln!(
+                    "[{}] final/ is missing and the checkpoint kept no weights: training the \
+                     stage anew",
+                    st.name
+                );
+            }
+            let ckpt = dir.join("checkpoint");
+            std::fs::remove_dir_all(&ckpt).map_err(io(&ckpt))?;
+        }
         if finished(&dir, st.config.steps()) {
             if opts.live {
                 eprintln!("[{}] complete, skipped", st.name);
@@ -171,6 +213,9 @@ pub fn run_pipeline(
             eprintln!("[{}] {} stage", st.name, st.config.kind());
         }
         run_one(spec, i, &plain, opts)?;
+        if finished(&dir, st.config.steps()) {
+            prune_checkpoint(&dir)?;
+        }
         trained += 1;
     }
     if trained == 0 && opts.live {
