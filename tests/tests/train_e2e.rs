@@ -1043,6 +1043,41 @@ fn online_nan_guard_restores_the_policy() {
     }
 }
 
+/// A diverged policy (a NaN weight) makes the sampler see NaN logits: the online stage stops
+/// with the stage, the step and the quantity, as the offline stages do, instead of a panic.
+#[test]
+fn online_nan_policy_is_a_named_divergence() {
+    let cfg_m = tiny_config();
+    let mut map = init_weights(&cfg_m, HeadKind::CausalLm, 1, 0.02);
+    map.get_mut("lm_head.weight").unwrap().data[3] = f32::NAN;
+    let mut setup = online_setup(3);
+    setup.policy = causal_lm_from_map(
+        &cfg_m,
+        &map,
+        Path::new("poisoned"),
+        &train_device(),
+        Strictness::Strict,
+    )
+    .unwrap();
+    let cfg = online_config(Algorithm::Rloo, Regularizer::Kl(kl(KlEstimator::K1)), 2);
+    let mut t = OnlineTrainer::new("nan-policy", cfg, setup).unwrap();
+    match t.train_step(1).unwrap_err() {
+        TrainError::NonFinite {
+            stage,
+            step,
+            quantity,
+            value,
+        } => {
+            assert_eq!((stage.as_str(), step), ("nan-policy", 1));
+            assert!(
+                quantity.contains("logit") && value.is_nan(),
+                "{quantity} {value}"
+            );
+        }
+        other => panic!("expected NonFinite, got {other}"),
+    }
+}
+
 /// A stage whose checkpoint write fails midway (after writing part of the folder) at a given
 /// step.
 struct FailingSave {

@@ -285,6 +285,14 @@ fn score(
         bail!("token id {bad} is outside the model's vocabulary (size {vocab})");
     }
     let t = ids.len();
+    let context = assets.model.config().max_position_embeddings;
+    if t > context {
+        bail!(
+            "the sequence has {t} tokens but the model's context is {context} positions \
+             (max_position_embeddings of {})",
+            m.model.display()
+        );
+    }
     let input = Tensor::<2, Int>::from_data(
         TensorData::new(ids.iter().map(|&x| x as i64).collect(), [1, t]),
         &device,
@@ -476,6 +484,13 @@ fn study(
     }
     cfg.validate()?;
     if let Some(seeds) = seeds {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
+            bail!("--seeds: seed {dup} is given twice (a sweep needs distinct seeds)");
+        }
+        if seeds.len() < 2 {
+            bail!("--seeds: give at least two seeds, comma-separated (a sweep compares seeds)");
+        }
         let mut outs = Vec::new();
         for seed in seeds {
             let mut c = cfg.clone();

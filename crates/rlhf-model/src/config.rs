@@ -9,6 +9,16 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ModelError;
 
+/// This machine's physical memory in bytes (0 where it cannot be read), read once.
+fn machine_memory() -> u64 {
+    static TOTAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        sys.total_memory()
+    })
+}
+
 /// The decoder families this crate implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +143,16 @@ impl ModelConfig {
         if self.vocab_size == 0 {
             return bad("vocab_size", "a positive integer".into());
         }
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(field, "a positive integer".into());
+            }
+        }
         if self.num_heads == 0 || self.num_kv_heads == 0 {
             return bad("num_attention_heads", "a positive integer".into());
         }
@@ -153,6 +173,81 @@ impl ModelConfig {
         }
         if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
             return bad("partial_rotary_factor", "a number in [0, 1]".into());
+        }
+        if self.arch == Architecture::GptNeoX && self.num_heads * self.head_dim != self.hidden_size
+        {
+            return bad(
+                "hidden_size",
+                format!("a multiple of num_attention_heads ({})", self.num_heads),
+            );
+        }
+        let eps_field = match self.arch {
+            Architecture::Llama => "rms_norm_eps",
+            Architecture::GptNeoX => "layer_norm_eps",
+        };
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return bad(
+                eps_field,
+                format!("a finite number > 0, found {}", self.norm_eps),
+            );
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(
+                "rope_theta",
+                format!("a finite number > 0, found {}", self.rope_theta),
+            );
+        }
+        for (field, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
+                return bad(
+                    field,
+                    format!("an id below vocab_size ({}), found {id}", self.vocab_size),
+                );
+            }
+        }
+        self.check_memory()
+    }
+
+    /// Number of weights (embedding, blocks, final norm, LM head), as a float: a config read
+    /// from a file can name sizes whose product overflows an integer.
+    pub fn num_params(&self) -> f64 {
+        let (d, i, v) = (
+            self.hidden_size as f64,
+            self.intermediate_size as f64,
+            self.vocab_size as f64,
+        );
+        let q = (self.num_heads * self.head_dim) as f64;
+        let kv = (self.num_kv_heads * self.head_dim) as f64;
+        let mlp = match self.arch {
+            Architecture::Llama => 3.0 * d * i,
+            Architecture::GptNeoX => 2.0 * d * i,
+        };
+        let block = 2.0 * d * q + 2.0 * d * kv + mlp + 4.0 * d;
+        let heads = if self.tie_word_embeddings { 1.0 } else { 2.0 };
+        heads * v * d + self.num_layers as f64 * block + 2.0 * d
+    }
+
+    /// Refuses a model whose f32 weights alone exceed this machine's memory (allocating them
+    /// would abort the process instead of returning an error).
+    fn check_memory(&self) -> Result<(), ModelError> {
+        let bytes = self.num_params() * 4.0;
+        let total = machine_memory() as f64;
+        if total > 0.0 && bytes > total {
+            let gib = |b: f64| b / f64::from(1u32 << 30);
+            return Err(ModelError::Config {
+                field: "hidden_size, intermediate_size, num_hidden_layers, vocab_size".into(),
+                expected: format!(
+                    "a model that fits in memory: these sizes give {:.3e} parameters, {:.1} GiB \
+                     in f32, but this machine has {:.1} GiB",
+                    self.num_params(),
+                    gib(bytes),
+                    gib(total)
+                ),
+            });
         }
         Ok(())
     }
@@ -241,7 +336,16 @@ impl ModelConfig {
             Architecture::Llama => {
                 let head_dim = match get("head_dim") {
                     Some(_) => req_usize("head_dim")?,
-                    None => hidden_size / num_heads.max(1),
+                    None if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) => {
+                        return Err(ModelError::Config {
+                            field: format!("{source}: hidden_size"),
+                            expected: format!(
+                                "a multiple of num_attention_heads ({num_heads}) when head_dim \
+                                 is not given, found {hidden_size}"
+                            ),
+                        });
+                    }
+                    None => hidden_size / num_heads,
                 };
                 let act = get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
                 Self {
@@ -300,7 +404,13 @@ impl ModelConfig {
                 }
             }
         };
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            ModelError::Config { field, expected } => ModelError::Config {
+                field: format!("{source}: {field}"),
+                expected,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -445,7 +555,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let bad = json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+        let bad = json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 12,
             "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 3,
             "num_key_value_heads": 2});
         let e = ModelConfig::from_hf_json(&bad, "cfg.json")
@@ -463,5 +573,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cfg.json") && e.contains("vocab_size"), "{e}");
+    }
+
+    /// Values that load but cannot work: each is refused, naming the field and the file.
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let base = json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "max_position_embeddings": 32, "eos_token_id": 2});
+        ModelConfig::from_hf_json(&base, "cfg.json").expect("the base config is valid");
+        for (key, value, field) in [
+            ("hidden_size", json!(0), "hidden_size"),
+            ("hidden_size", json!(9), "hidden_size"),
+            ("intermediate_size", json!(0), "intermediate_size"),
+            ("num_hidden_layers", json!(0), "num_hidden_layers"),
+            (
+                "max_position_embeddings",
+                json!(0),
+                "max_position_embeddings",
+            ),
+            ("rms_norm_eps", json!(-1.0), "rms_norm_eps"),
+            ("rope_theta", json!(-1.0), "rope_theta"),
+            ("eos_token_id", json!(16), "eos_token_id"),
+            ("pad_token_id", json!(99), "pad_token_id"),
+            (
+                "hidden_size",
+                json!(1_000_000_000u64),
+                "hidden_size, intermediate_size",
+            ),
+        ] {
+            let mut v = base.clone();
+            v[key] = value.clone();
+            let e = ModelConfig::from_hf_json(&v, "cfg.json")
+                .err()
+                .unwrap_or_else(|| panic!("{key} = {value} was accepted"))
+                .to_string();
+            assert!(
+                e.contains("cfg.json") && e.contains(field),
+                "{key} = {value}: {e}"
+            );
+        }
+        let mut neox = json!({"model_type": "gpt_neox", "vocab_size": 16, "hidden_size": 9,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2});
+        let e = ModelConfig::from_hf_json(&neox, "n.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_size") && e.contains("multiple"), "{e}");
+        neox["hidden_size"] = json!(8);
+        neox["layer_norm_eps"] = json!(0.0);
+        let e = ModelConfig::from_hf_json(&neox, "n.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer_norm_eps"), "{e}");
     }
 }

@@ -38,6 +38,8 @@ use serde_json::json;
 pub const GGUF_MAGIC: u32 = 0x4655_4747;
 /// Alignment of the tensor data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// How deep metadata arrays may nest (real files use arrays of scalars or of strings: depth 1).
+pub const MAX_ARRAY_DEPTH: usize = 8;
 
 /// Everything that can go wrong reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,14 @@ pub enum GgufError {
         path: PathBuf,
         /// Which string.
         what: String,
+    },
+    /// Metadata arrays nest deeper than [`MAX_ARRAY_DEPTH`].
+    #[error("{}: metadata key `{key}` nests arrays more than {MAX_ARRAY_DEPTH} deep", path.display())]
+    TooDeep {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
     },
     /// The same metadata key appears twice.
     #[error("{}: metadata key `{key}` appears more than once", path.display())]
@@ -641,7 +651,9 @@ impl<R: Read> Parser<'_, R> {
         })
     }
 
-    fn value(&mut self, value_type: u32, key: &str) -> Result<GgufValue, GgufError> {
+    /// One metadata value; `depth` counts the arrays it sits in (recursion is bounded, so a
+    /// file of nested arrays cannot overflow the stack).
+    fn value(&mut self, value_type: u32, key: &str, depth: usize) -> Result<GgufValue, GgufError> {
         let what = || format!("value of metadata key `{key}`");
         Ok(match value_type {
             0 => GgufValue::U8(self.array::<1>(&what)?[0]),
@@ -654,6 +666,12 @@ impl<R: Read> Parser<'_, R> {
             7 => GgufValue::Bool(self.array::<1>(&what)?[0] != 0),
             8 => GgufValue::String(self.string(&what)?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(GgufError::TooDeep {
+                        path: self.path.into(),
+                        key: key.into(),
+                    });
+                }
                 let elem_type = self.u32(&|| format!("array element type of `{key}`"))?;
                 let count = self.u64(&|| format!("array length of `{key}`"))?;
                 if elem_type > 12 {
@@ -666,7 +684,7 @@ impl<R: Read> Parser<'_, R> {
                 // Do not trust `count` for the allocation: a corrupt file would abort.
                 let mut items = Vec::with_capacity(count.min(1 << 20) as usize);
                 for _ in 0..count {
-                    items.push(self.value(elem_type, key)?);
+                    items.push(self.value(elem_type, key, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
@@ -720,7 +738,7 @@ fn parse<R: Read>(reader: R, path: &Path) -> Result<Parsed, GgufError> {
     for i in 0..n_kv {
         let key = p.string(&|| format!("key of metadata entry {i}"))?;
         let value_type = p.u32(&|| format!("value type of metadata key `{key}`"))?;
-        let value = p.value(value_type, &key)?;
+        let value = p.value(value_type, &key, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
             return Err(GgufError::DuplicateKey {
                 path: path.into(),
@@ -1537,6 +1555,37 @@ mod tests {
 
     fn h(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()
+    }
+
+    /// A file whose one metadata value is an array nested `depth` deep (written by hand: the
+    /// recursive writer would itself overflow on the deep case).
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        buf.extend(b"GGUF");
+        buf.extend(3u32.to_le_bytes());
+        buf.extend(0u64.to_le_bytes());
+        buf.extend(1u64.to_le_bytes());
+        put_str(&mut buf, "deep");
+        buf.extend(9u32.to_le_bytes());
+        for _ in 1..depth {
+            buf.extend(9u32.to_le_bytes());
+            buf.extend(1u64.to_le_bytes());
+        }
+        buf.extend(4u32.to_le_bytes());
+        buf.extend(0u64.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn deeply_nested_arrays_are_an_error_not_a_stack_overflow() {
+        GgufFile::from_bytes("ok.gguf", nested(3)).expect("shallow nesting reads");
+        let e = GgufFile::from_bytes("deep.gguf", nested(1_000_000)).unwrap_err();
+        assert!(matches!(e, GgufError::TooDeep { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`deep` nests arrays more than 8 deep"),
+            "{e}"
+        );
     }
 
     // ---- block dequantisation against hand-computed numbers ------------------------------

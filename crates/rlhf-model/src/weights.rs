@@ -703,6 +703,116 @@ pub fn init_weights(cfg: &ModelConfig, head: HeadKind, seed: u64, std: f32) -> W
     map
 }
 
+/// A model whose weights hold NaN or an infinity cannot produce anything meaningful: refused at
+/// load, naming the tensor, rather than giving NaN log-probs or a sampler error later.
+fn check_finite(path: &Path, weights: &WeightMap) -> Result<(), ModelError> {
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some((i, v)) = weights[name]
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(ModelError::Format {
+                path: path.into(),
+                what: format!(
+                    "tensor `{name}` holds {v} at flat index {i}: the weights are not finite"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `model.safetensors.index.json` of a sharded folder: which file holds which tensor.
+struct ShardIndex {
+    /// Tensor name -> shard file name.
+    weight_map: std::collections::BTreeMap<String, String>,
+    /// The index file.
+    file: PathBuf,
+}
+
+/// Reads the folder's shard index, if it has one; a malformed index is an error, not ignored.
+fn shard_index(dir: &Path) -> Result<Option<ShardIndex>, ModelError> {
+    let file = dir.join("model.safetensors.index.json");
+    let Ok(text) = fs::read_to_string(&file) else {
+        return Ok(None);
+    };
+    let bad = |what: String| ModelError::Format {
+        path: file.clone(),
+        what,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| bad("expected an object `weight_map` (tensor name -> file name)".into()))?;
+    let mut weight_map = std::collections::BTreeMap::new();
+    for (name, f) in map {
+        let f = f
+            .as_str()
+            .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
+            .ok_or_else(|| {
+                bad(format!(
+                    "weight_map.{name}: expected the name of a .safetensors file in this folder"
+                ))
+            })?;
+        if !dir.join(f).is_file() {
+            return Err(bad(format!(
+                "weight_map.{name}: {f} does not exist in the folder"
+            )));
+        }
+        weight_map.insert(name.clone(), f.to_string());
+    }
+    if weight_map.is_empty() {
+        return Err(bad("weight_map is empty".into()));
+    }
+    Ok(Some(ShardIndex { weight_map, file }))
+}
+
+impl ShardIndex {
+    /// The shard files the index names, sorted.
+    fn files(&self, dir: &Path) -> Vec<PathBuf> {
+        let names: std::collections::BTreeSet<&String> = self.weight_map.values().collect();
+        names.into_iter().map(|n| dir.join(n)).collect()
+    }
+
+    /// Every tensor of `shard` is indexed to it, and every tensor indexed to it is there.
+    fn check_shard(&self, dir: &Path, shard: &Path, map: &WeightMap) -> Result<(), ModelError> {
+        let fname = shard.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        for name in map.keys() {
+            if self.weight_map.get(name).map(String::as_str) != Some(fname) {
+                return Err(ModelError::Format {
+                    path: self.file.clone(),
+                    what: format!(
+                        "{fname} holds tensor `{name}`, which the index maps to {}",
+                        self.weight_map
+                            .get(name)
+                            .map_or("no file".to_string(), |f| f.clone())
+                    ),
+                });
+            }
+        }
+        if let Some((name, _)) = self
+            .weight_map
+            .iter()
+            .find(|(n, f)| f.as_str() == fname && !map.contains_key(*n))
+        {
+            return Err(ModelError::Format {
+                path: self.file.clone(),
+                what: format!(
+                    "maps tensor `{name}` to {fname}, which does not hold it ({})",
+                    dir.join(fname).display()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A model source on disk: an HF folder (`config.json` + `model.safetensors`, or sharded
 /// `model-*.safetensors`) or a `.gguf` file.
 #[derive(Debug)]
@@ -728,11 +838,20 @@ impl Checkpoint {
                 .into_iter()
                 .map(|(name, shape, data)| (name, HostTensor::new(shape, data)))
                 .collect();
+            check_finite(path, &weights)?;
             return Ok(Self {
                 path: path.into(),
                 config,
                 weights,
                 gguf: Some(file),
+            });
+        }
+        if !path.exists() {
+            return Err(ModelError::Format {
+                path: path.into(),
+                what: "no such file or folder (expected an HF model folder with config.json and \
+                       model*.safetensors, or a .gguf file)"
+                    .into(),
             });
         }
         if !path.is_dir() {
@@ -754,6 +873,7 @@ impl Checkpoint {
                 what: format!("invalid JSON: {e}"),
             })?;
         let config = ModelConfig::from_hf_json(&json, &cfg_path.display().to_string())?;
+        let index = shard_index(path)?;
         let mut files: Vec<PathBuf> = fs::read_dir(path)
             .map_err(|source| ModelError::Io {
                 path: path.into(),
@@ -774,10 +894,18 @@ impl Checkpoint {
                 what: "no model*.safetensors file in this folder".into(),
             });
         }
+        if let Some(index) = &index {
+            files = index.files(path);
+        }
         let mut weights = WeightMap::new();
         for f in &files {
-            weights.extend(read_safetensors(f)?);
+            let shard = read_safetensors(f)?;
+            if let Some(index) = &index {
+                index.check_shard(path, f, &shard)?;
+            }
+            weights.extend(shard);
         }
+        check_finite(path, &weights)?;
         Ok(Self {
             path: path.into(),
             config,
@@ -993,6 +1121,100 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "two");
         let leftovers: Vec<_> = fs::read_dir(&root).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary folders were cleaned up");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A folder with the tiny model in two shards and an index, and the single-file map.
+    fn sharded(root: &Path) -> (PathBuf, WeightMap) {
+        let cfg = ModelConfig::tiny_llama(16, 32, 1);
+        let map = init_weights(&cfg, HeadKind::CausalLm, 3, 0.02);
+        let dir = root.join("sharded");
+        save_hf(&dir, &cfg, HeadKind::CausalLm, &map).unwrap();
+        let all = read_safetensors(&dir.join("model.safetensors")).unwrap();
+        fs::remove_file(dir.join("model.safetensors")).unwrap();
+        let (mut a, mut b) = (WeightMap::new(), WeightMap::new());
+        let mut index = serde_json::Map::new();
+        for (i, (name, t)) in all.iter().enumerate() {
+            let (shard, file) = if i % 2 == 0 {
+                (&mut a, "model-00001-of-00002.safetensors")
+            } else {
+                (&mut b, "model-00002-of-00002.safetensors")
+            };
+            shard.insert(name.clone(), t.clone());
+            index.insert(name.clone(), file.into());
+        }
+        write_safetensors(&a, &dir.join("model-00001-of-00002.safetensors")).unwrap();
+        write_safetensors(&b, &dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let idx = serde_json::json!({"metadata": {}, "weight_map": index});
+        fs::write(dir.join("model.safetensors.index.json"), idx.to_string()).unwrap();
+        (dir, all)
+    }
+
+    fn open_err(dir: &Path) -> String {
+        Checkpoint::open(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sharded_folders_load_and_a_bad_index_is_an_error() {
+        let root = std::env::temp_dir().join(format!("rlhf-shards-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (dir, all) = sharded(&root);
+        assert_eq!(Checkpoint::open(&dir).unwrap().weights, all);
+        let index = dir.join("model.safetensors.index.json");
+        let good = fs::read_to_string(&index).unwrap();
+
+        fs::write(&index, "{\"weight_map\": ").unwrap();
+        assert!(
+            open_err(&dir).contains("invalid JSON"),
+            "{}",
+            open_err(&dir)
+        );
+        fs::write(&index, "{\"metadata\": {}}").unwrap();
+        assert!(open_err(&dir).contains("weight_map"), "{}", open_err(&dir));
+        // A tensor indexed to a file that does not exist.
+        let gone = good.replacen("model-00002-of-00002", "model-00003-of-00003", 1);
+        fs::write(&index, &gone).unwrap();
+        assert!(
+            open_err(&dir).contains("model-00003-of-00003.safetensors does not exist"),
+            "{}",
+            open_err(&dir)
+        );
+        // Two tensors swapped between the files: the index disagrees with the shards.
+        let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let mut m = v["weight_map"].as_object().unwrap().clone();
+        let keys: Vec<String> = m.keys().cloned().collect();
+        let (k0, k1) = (&keys[0], &keys[1]);
+        let (f0, f1) = (m[k0].clone(), m[k1].clone());
+        assert_ne!(f0, f1);
+        m.insert(k0.clone(), f1);
+        m.insert(k1.clone(), f0);
+        fs::write(&index, serde_json::json!({ "weight_map": m }).to_string()).unwrap();
+        assert!(
+            open_err(&dir).contains("which the index maps to"),
+            "{}",
+            open_err(&dir)
+        );
+        fs::write(&index, &good).unwrap();
+        assert!(Checkpoint::open(&dir).is_ok());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn non_finite_weights_and_missing_paths_are_named() {
+        let root = std::env::temp_dir().join(format!("rlhf-nanw-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let cfg = ModelConfig::tiny_llama(16, 32, 1);
+        let mut map = init_weights(&cfg, HeadKind::CausalLm, 3, 0.02);
+        map.get_mut("model.norm.weight").unwrap().data[5] = f32::INFINITY;
+        let dir = root.join("inf");
+        save_hf(&dir, &cfg, HeadKind::CausalLm, &map).unwrap();
+        let e = open_err(&dir);
+        assert!(
+            e.contains("`model.norm.weight` holds inf at flat index 5"),
+            "{e}"
+        );
+        let e = open_err(&root.join("nowhere"));
+        assert!(e.contains("nowhere: no such file or folder"), "{e}");
         fs::remove_dir_all(&root).unwrap();
     }
 }

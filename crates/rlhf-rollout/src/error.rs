@@ -34,4 +34,37 @@ pub enum RolloutError {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// A prompt and its response budget do not fit in the model's context.
+    #[error(
+        "prompt {prompt_index} ({prompt_len} tokens) plus max_new_tokens = {max_new_tokens} \
+         exceeds the model's context of {max_positions} positions (max_position_embeddings); \
+         allow at most {} new tokens", max_positions.saturating_sub(*prompt_len)
+    )]
+    ContextExceeded {
+        /// Index of the prompt.
+        prompt_index: usize,
+        /// Its length in tokens.
+        prompt_len: usize,
+        /// The requested response budget.
+        max_new_tokens: usize,
+        /// The model's `max_position_embeddings`.
+        max_positions: usize,
+    },
+    /// The model produced a NaN or +inf logit (or only -inf) while sampling: its weights or
+    /// activations are not finite.
+    #[error(
+        "the model produced a non-finite logit ({value}) for token {token} while sampling \
+         response position {position} of prompt {prompt_index}: its weights or activations \
+         are not finite"
+    )]
+    NonFiniteLogits {
+        /// Index of the prompt.
+        prompt_index: usize,
+        /// How many response tokens were drawn before.
+        position: usize,
+        /// The vocabulary entry whose logit is bad.
+        token: usize,
+        /// The bad value.
+        value: f32,
+    },
 }

@@ -60,8 +60,9 @@ pub struct SampleRequest {
 /// index.
 ///
 /// # Panics
-/// If the settings are invalid, a prompt is empty or holds an id outside the vocabulary (call
-/// [`GenerationConfig::validate`] or use [`try_generate`] to get these as errors).
+/// If the settings are invalid, a prompt is empty, holds an id outside the vocabulary or does
+/// not fit in the context with its response budget, or the model produces a non-finite logit
+/// (use [`try_generate`] to get these as errors).
 pub fn generate(model: &CausalLm, prompts: &[Vec<u32>], cfg: &GenerationConfig) -> Vec<Sample> {
     try_generate(model, prompts, cfg).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -102,7 +103,16 @@ pub fn generate_requests(
 ) -> Result<Vec<Sample>, RolloutError> {
     cfg.validate()?;
     let vocab = model.config().vocab_size;
+    let max_positions = model.config().max_position_embeddings;
     for r in requests {
+        if r.prompt_ids.len().saturating_add(cfg.max_new_tokens) > max_positions {
+            return Err(RolloutError::ContextExceeded {
+                prompt_index: r.prompt_index,
+                prompt_len: r.prompt_ids.len(),
+                max_new_tokens: cfg.max_new_tokens,
+                max_positions,
+            });
+        }
         if r.prompt_ids.is_empty() {
             return Err(RolloutError::EmptyPrompt {
                 prompt_index: r.prompt_index,
@@ -184,7 +194,9 @@ pub fn generate_requests(
         let mut still = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());
         for (&seq, &row) in active.iter().zip(&rows) {
-            let d = sampler.sample(&logits[row * vocab..(row + 1) * vocab], &mut rngs[seq]);
+            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            check_logits(row_logits, &out[seq])?;
+            let d = sampler.sample(row_logits, &mut rngs[seq]);
             let s = &mut out[seq];
             s.response_ids.push(d.token);
             s.response_mask.push(true);
@@ -215,6 +227,23 @@ pub fn generate_requests(
         rows = (0..b).collect();
     }
     Ok(out)
+}
+
+/// The sampler's precondition, as an error: no NaN or +inf logit, and not every logit -inf.
+fn check_logits(row: &[f32], s: &Sample) -> Result<(), RolloutError> {
+    let bad = row
+        .iter()
+        .position(|x| x.is_nan() || *x == f32::INFINITY)
+        .or_else(|| row.iter().all(|x| *x == f32::NEG_INFINITY).then_some(0));
+    match bad {
+        None => Ok(()),
+        Some(token) => Err(RolloutError::NonFiniteLogits {
+            prompt_index: s.prompt_index,
+            position: s.length,
+            token,
+            value: row[token],
+        }),
+    }
 }
 
 /// The device the model's weights live on.

@@ -236,6 +236,58 @@ fn invalid_input_is_an_error() {
         })
     ));
     assert!(try_generate(&m, &[], &c).unwrap().is_empty());
+
+    // A response budget past the context (it used to run on for as long as asked).
+    let long = GenerationConfig {
+        max_new_tokens: 1_000_000_000,
+        ..c.clone()
+    };
+    assert_eq!(
+        try_generate(&m, &[vec![1], vec![1, 2, 3]], &long),
+        Err(RolloutError::ContextExceeded {
+            prompt_index: 0,
+            prompt_len: 1,
+            max_new_tokens: 1_000_000_000,
+            max_positions: 2048,
+        })
+    );
+    let fits = GenerationConfig {
+        max_new_tokens: 2048 - 3,
+        ..c.clone()
+    };
+    try_generate(&m, &[vec![1, 2, 3]], &fits).expect("prompt + budget = context fits");
+}
+
+/// NaN weights give NaN logits: an error naming the prompt and the position, not a panic in
+/// the sampler.
+#[test]
+fn non_finite_logits_are_an_error() {
+    let cfg_m = ModelConfig::tiny_llama(VOCAB, 32, 2);
+    let mut map = init_weights(&cfg_m, HeadKind::CausalLm, 11, 0.4);
+    map.get_mut("lm_head.weight").unwrap().data[0] = f32::NAN;
+    let m = causal_lm_from_map(
+        &cfg_m,
+        &map,
+        Path::new("<poisoned>"),
+        &test_device(),
+        Strictness::Strict,
+    )
+    .unwrap();
+    for sampling in [Sampling::Greedy, Sampling::temperature(1.0)] {
+        let err = try_generate(&m, &[vec![3, 4]], &cfg(sampling, 0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RolloutError::NonFiniteLogits {
+                    prompt_index: 0,
+                    position: 0,
+                    token: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }
 
 /// A peaked distribution over a large vocabulary: the case where a running f32 sum of the

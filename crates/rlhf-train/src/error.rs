@@ -71,7 +71,7 @@ pub enum TrainError {
         what: String,
     },
     /// The run was interrupted (Ctrl-C) after saving a checkpoint.
-    #[error("interrupted at step {step}; checkpoint saved, continue with --resume")]
+    #[error("interrupted at step {step}; checkpoint saved: run the same command again to continue")]
     Interrupted {
         /// The last completed step.
         step: usize,

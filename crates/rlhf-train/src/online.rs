@@ -229,18 +229,29 @@ impl OnlineTrainer {
     }
 
     /// Samples and scores responses for `prompts` (proxy, penalty, gold, win vs reference).
+    /// `step`: the optimiser step the rollout belongs to (for the divergence diagnostic).
     fn rollout(
         &self,
         prompts: &[&OnlinePrompt],
         generation: &GenerationConfig,
+        step: usize,
     ) -> Result<Scored, TrainError> {
         let policy = self.model.as_ref().expect("model").valid();
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let mut samples = rlhf_rollout::try_generate(&policy, &ids, generation).map_err(|e| {
-            TrainError::Mismatch {
-                what: format!("{}: sampling: {e}", self.name),
-            }
-        })?;
+        let mut samples =
+            rlhf_rollout::try_generate(&policy, &ids, generation).map_err(|e| match e {
+                rlhf_rollout::RolloutError::NonFiniteLogits { token, value, .. } => {
+                    TrainError::NonFinite {
+                        stage: self.name.clone(),
+                        step,
+                        quantity: format!("policy logit of token {token} while sampling"),
+                        value: value as f64,
+                    }
+                }
+                other => TrainError::Mismatch {
+                    what: format!("{}: sampling: {other}", self.name),
+                },
+            })?;
         samples.sort_by_key(|s| (s.prompt_index, s.sample_index));
         let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
@@ -418,7 +429,7 @@ impl Stage for OnlineTrainer {
             self.cfg.samples_per_prompt,
             mix(self.s.seed, 0x5A3D, step as u64),
         );
-        let sc = self.rollout(&prefs, &generation)?;
+        let sc = self.rollout(&prefs, &generation, step)?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
 
@@ -684,7 +695,7 @@ impl Stage for OnlineTrainer {
             EvalDecoding::Sampled => self.cfg.sampling,
         };
         let generation = self.gen_config(sampling, 1, mix(self.s.seed, 0xE7A1, 0));
-        let sc = self.rollout(&prefs, &generation)?;
+        let sc = self.rollout(&prefs, &generation, done)?;
         let mut m = Metrics::new();
         self.completion_metrics(&sc, &mut m, "eval/");
         self.divergence_metrics(&sc, &mut m, "eval/");

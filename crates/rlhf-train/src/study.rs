@@ -328,6 +328,24 @@ impl StudyConfig {
         self.dpo.validate("dpo")?;
         self.simpo.validate("simpo")?;
         self.online.validate("online")?;
+        if self.name.is_empty()
+            || self.name == "."
+            || self.name == ".."
+            || self.name.contains(['/', '\\'])
+        {
+            return Err(TrainError::Config {
+                field: "name".into(),
+                value: format!("{:?}", self.name),
+                expected: "a folder name under out_dir (not empty, no '/', '\\' or '..')".into(),
+            });
+        }
+        if self.learning_rates.is_empty() {
+            return Err(TrainError::Config {
+                field: "learning_rates".into(),
+                value: "[]".into(),
+                expected: "at least one learning rate for the online arms".into(),
+            });
+        }
         if self.arms.is_empty() {
             return Err(TrainError::Config {
                 field: "arms".into(),
@@ -374,6 +392,22 @@ impl StudyConfig {
                     expected: format!("a divisor of hidden_size ({})", m.hidden_size),
                 });
             }
+            // Sizes (zero, or too large for this machine's memory) before any allocation.
+            let vocab = SyntheticTask::new(self.task.clone())?
+                .tokenizer()
+                .vocab_size();
+            m.config(vocab, 0, 0).validate().map_err(|e| match e {
+                rlhf_model::ModelError::Config { field, expected } => TrainError::Config {
+                    field: format!("{f} ({field})"),
+                    value: format!(
+                        "{{ hidden_size = {}, intermediate_size = {}, num_layers = {}, \
+                         num_heads = {} }}",
+                        m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads
+                    ),
+                    expected,
+                },
+                other => other.into(),
+            })?;
         }
         Ok(())
     }
