@@ -94,8 +94,14 @@ fn study_settings_that_cannot_work_are_refused_before_any_compute() {
         args.extend_from_slice(extra);
         fails_with(&args, needles);
     };
-    study(&["--set", "name=\"../outside\""], &["name", "\"../outside\""]);
-    study(&["--set", "learning_rates=[]"], &["learning_rates", "at least one"]);
+    study(
+        &["--set", "name=\"../outside\""],
+        &["name", "\"../outside\""],
+    );
+    study(
+        &["--set", "learning_rates=[]"],
+        &["learning_rates", "at least one"],
+    );
     study(&["--seeds", "0,0"], &["seed 0 is given twice"]);
     // It used to abort with "memory allocation of ... bytes failed".
     study(

@@ -101,6 +101,34 @@ pub enum Strictness {
     Lenient,
 }
 
+/// Whether a file that failed to parse as safetensors is a cut-short one, and where: the
+/// header's length prefix or its tensor offsets point past the end of the file.
+fn truncation(bytes: &[u8]) -> Option<String> {
+    let len = bytes.len();
+    let again = "the file is cut short: copy or download it again";
+    let Some(prefix) = bytes.get(..8) else {
+        return Some(format!(
+            "{len} bytes, shorter than the 8-byte header length: {again}"
+        ));
+    };
+    let n = u64::from_le_bytes(prefix.try_into().ok()?) as usize;
+    let Some(header) = bytes.get(8..8usize.checked_add(n)?) else {
+        return Some(format!(
+            "the header is {n} bytes long but the file ends at byte {len}: {again}"
+        ));
+    };
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let end = json
+        .as_object()?
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()? as usize;
+    let need = 8 + n + end;
+    (need > len).then(|| {
+        format!("the header describes {need} bytes (tensor data up to byte {need}) but the file has {len}: {again}")
+    })
+}
+
 /// Reads every tensor of a `.safetensors` file (F32, F16 and BF16 are cast to f32).
 pub fn read_safetensors(path: &Path) -> Result<WeightMap, ModelError> {
     let bytes = fs::read(path).map_err(|source| ModelError::Io {
@@ -109,7 +137,7 @@ pub fn read_safetensors(path: &Path) -> Result<WeightMap, ModelError> {
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
         path: path.into(),
-        what: format!("not a safetensors file: {e}"),
+        what: truncation(&bytes).unwrap_or_else(|| format!("not a safetensors file: {e}")),
     })?;
     let mut map = WeightMap::new();
     for (name, view) in st.tensors() {
@@ -1196,6 +1224,29 @@ mod tests {
         );
         fs::write(&index, &good).unwrap();
         assert!(Checkpoint::open(&dir).is_ok());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn truncated_safetensors_say_so() {
+        let root = std::env::temp_dir().join(format!("rlhf-cut-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let cfg = ModelConfig::tiny_llama(16, 32, 1);
+        let map = init_weights(&cfg, HeadKind::CausalLm, 3, 0.02);
+        let full = root.join("full.safetensors");
+        write_safetensors(&map, &full).unwrap();
+        let bytes = fs::read(&full).unwrap();
+        for (cut, needle) in [
+            (bytes.len() - 100, "but the file has"),
+            (20, "the header is"),
+            (5, "shorter than the 8-byte header length"),
+        ] {
+            let p = root.join(format!("cut{cut}.safetensors"));
+            fs::write(&p, &bytes[..cut]).unwrap();
+            let e = read_safetensors(&p).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("cut short"), "{cut}: {e}");
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -648,17 +648,54 @@ fn from_table<T: serde::de::DeserializeOwned + Serialize + Default>(
     merge_over_defaults(&mut merged, table);
     let text = toml::to_string(&merged).expect("a table serialises");
     toml::from_str(&text).map_err(|e| {
-        // Report against the user's table alone when it shows the error too (config types
-        // default their missing fields), so the lines shown are the user's, not the defaults'.
+        // Both texts are generated here (the user's table after overrides, and that table over
+        // the defaults): their line numbers mean nothing to the user, so the error names the
+        // dotted key instead. The user's table alone is preferred when it shows the error too.
         let message = match toml::from_str::<T>(&user_text) {
-            Err(own) => own.to_string(),
-            Ok(_) => e.to_string(),
+            Err(own) => keyed_message(&user_text, &own),
+            Ok(_) => keyed_message(&text, &e),
         };
         TrainError::ConfigParse {
             source_name: src,
             message,
         }
     })
+}
+
+/// A TOML error against generated `text`, as "`dotted.key`: message" (no line numbers).
+fn keyed_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    match e.span().and_then(|s| key_at(text, s.start)) {
+        Some(key) => format!("`{key}`: {msg}"),
+        None => msg.to_string(),
+    }
+}
+
+/// The dotted key of the TOML line holding byte `offset` of `text` (a table header names the
+/// table itself).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let header = t.starts_with('[');
+        if header {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+        if offset < start + line.len() {
+            if header {
+                return Some(table);
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+        start += line.len();
+    }
+    None
 }
 
 /// Reads a TOML config file with overrides.
@@ -849,6 +886,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lrr") && e.contains("run.toml"), "{e}");
+        // Errors against re-serialised text name the dotted key, not a line the user never saw.
+        let e = parse_config::<OnlineConfig>("", "run.toml", &["optim.lrr=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`optim.lrr`: unknown field") && !e.contains("line"),
+            "{e}"
+        );
+        let e = parse_config::<OnlineConfig>("", "run.toml", &["steps=-3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`steps`: invalid value") && !e.contains("line"),
+            "{e}"
+        );
         let e = parse_config::<OnlineConfig>("steps = \"ten\"", "run.toml", &[])
             .unwrap_err()
             .to_string();
