@@ -4,6 +4,7 @@
 //! processes, so it builds in seconds and its commands work on any backend the CLI supports.
 
 mod fetch;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +26,9 @@ commands:
                      one comparison report (takes the same --config/--set/--quick)
   theory             run the SimPO = MaxEnt-RL theory check (rlhf theory)
   bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md)
+  fuzz [args]        mutation-fuzz every parser (GGUF, safetensors, config.json, tokenizer,
+                     chat template, JSONL, TOML) for --minutes N each (default 10);
+                     --target NAME runs one
   rlhf [args]        run the release `rlhf` CLI with the given arguments";
 
 fn main() -> Result<()> {
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
             a.extend_from_slice(rest);
             rlhf(&a)
         }
+        "fuzz" => fuzz::run_fuzz(rest),
         "rlhf" => rlhf(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

@@ -130,6 +130,19 @@ pub(crate) fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String>
     }
 }
 
+/// Runs `f`, turning a panic into `None` without printing the panic message: the `tokenizers`
+/// library panics (an `expect` in its decoder deserialisation) on some malformed
+/// tokenizer.json files instead of returning its error.
+fn without_panic_message<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    std::panic::set_hook(previous);
+    r
+}
+
 impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     ///
@@ -143,11 +156,7 @@ impl Tokenizer {
             what: "reading tokenizer.json".into(),
             source,
         })?;
-        let hf = HfTokenizer::from_bytes(&bytes).map_err(|source| DataError::TokenizerFile {
-            path: path.into(),
-            source,
-        })?;
-        let mut tok = Self::from_hf(hf);
+        let mut tok = Self::from_json_bytes(&bytes, path)?;
         let cfg_path = path.with_file_name("tokenizer_config.json");
         if cfg_path.is_file() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|source| DataError::Io {
@@ -171,6 +180,21 @@ impl Tokenizer {
             tok.add_bos = cfg.get("rlhf_add_bos_token").and_then(|v| v.as_bool()) == Some(true);
         }
         Ok(tok)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json` (`path` names it in errors), with the
+    /// conventional special tokens (see [`Tokenizer::from_file`], which also reads
+    /// `tokenizer_config.json`).
+    pub fn from_json_bytes(bytes: &[u8], path: &Path) -> Result<Self, DataError> {
+        let hf = without_panic_message(|| HfTokenizer::from_bytes(bytes))
+            .unwrap_or_else(|| {
+                Err("the tokenizers library panicked on this file's structure".into())
+            })
+            .map_err(|source| DataError::TokenizerFile {
+                path: path.into(),
+                source,
+            })?;
+        Ok(Self::from_hf(hf))
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` (special tokens, and the chat

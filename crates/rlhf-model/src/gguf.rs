@@ -530,9 +530,12 @@ pub struct GgufTensorInfo {
 }
 
 impl GgufTensorInfo {
-    /// Number of elements.
+    /// Number of elements (`u64::MAX` when the dims' product overflows: a corrupt table).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// Shape in HF (row-major, slowest first) order: the GGUF dims reversed.
@@ -545,7 +548,9 @@ impl GgufTensorInfo {
     pub fn byte_len(&self) -> Option<u64> {
         let (block, size) = self.ggml_type.block_layout()?;
         let n = self.n_elements();
-        n.is_multiple_of(block).then(|| n / block * size)
+        // An overflowing size cannot fit in any file: `u64::MAX` fails the bounds check.
+        n.is_multiple_of(block)
+            .then(|| (n / block).checked_mul(size).unwrap_or(u64::MAX))
     }
 }
 

@@ -135,9 +135,14 @@ pub fn read_safetensors(path: &Path) -> Result<WeightMap, ModelError> {
         path: path.into(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
+    parse_safetensors(&bytes, path)
+}
+
+/// [`read_safetensors`] on the file's bytes; `path` names it in errors.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<WeightMap, ModelError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format {
         path: path.into(),
-        what: truncation(&bytes).unwrap_or_else(|| format!("not a safetensors file: {e}")),
+        what: truncation(bytes).unwrap_or_else(|| format!("not a safetensors file: {e}")),
     })?;
     let mut map = WeightMap::new();
     for (name, view) in st.tensors() {
