@@ -146,11 +146,32 @@ fn tiny_pipeline_resumes_and_reproduces() {
     let weights = std::fs::read(b.join("dpo/final/model.safetensors")).unwrap();
     std::fs::remove_dir_all(b.join("dpo/final")).unwrap();
     let (ok, err) = train(&file, &b, &["--stages", "dpo"]);
-    assert!(ok && err.contains("[dpo] final/ is missing"), "{err}");
+    assert!(
+        ok && err.contains("final/config.json is missing: training the stage again"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(b.join("dpo/final/model.safetensors")).unwrap(),
         weights,
         "retrained DPO differs"
     );
     assert_eq!(all_metrics(&b), a, "retrained run's metrics differ");
+
+    // Same-size garbage in a finished stage's export: its manifest catches it, the stage trains
+    // again to the same weights, and the stages after it are not redone.
+    let mut garbage = weights.clone();
+    garbage.reverse();
+    std::fs::write(b.join("dpo/final/model.safetensors"), garbage).unwrap();
+    let (ok, err) = train(&file, &b, &[]);
+    assert!(
+        ok && err.contains("model.safetensors has changed since the stage finished"),
+        "{err}"
+    );
+    for other in ["sft", "rm", "rloo"] {
+        assert!(err.contains(&format!("[{other}] complete, skipped")), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(b.join("dpo/final/model.safetensors")).unwrap(),
+        weights
+    );
 }

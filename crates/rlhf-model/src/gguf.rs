@@ -550,7 +550,7 @@ impl GgufTensorInfo {
         let n = self.n_elements();
         // An overflowing size cannot fit in any file: `u64::MAX` fails the bounds check.
         n.is_multiple_of(block)
-            .then(|| (n / block).checked_mul(size).unwrap_or(u64::MAX))
+            .then(|| (n / block).saturating_mul(size))
     }
 }
 

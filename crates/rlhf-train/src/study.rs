@@ -30,6 +30,7 @@ use crate::config::{
     OfflineConfig, OnlineConfig, OptimConfig, RewardConfig, Schedule, SftConfig, Validate,
 };
 use crate::error::{TrainError, io};
+use crate::manifest;
 use crate::metrics::read_metrics;
 use crate::offline::OfflineTrainer;
 use crate::online::{OnlinePrompt, OnlineSetup, OnlineTrainer};
@@ -465,14 +466,34 @@ impl Ctx {
             .join(format!("{stage}-{key}"))
     }
 
-    fn opts(&self, dir: PathBuf) -> RunOptions {
+    /// Checkpoints every tenth of the stage, so that a killed study loses at most that much.
+    fn opts(&self, dir: PathBuf, steps: usize) -> RunOptions {
         RunOptions {
             dir,
-            checkpoint_every: 0,
+            checkpoint_every: (steps / 10).max(1),
             resume: true,
             stop_after: None,
             live: self.live,
         }
+    }
+
+    /// Whether the stage `stage` of `steps` steps in `dir` is finished and intact (its files
+    /// match its manifest); a damaged one is cleared so that it trains again.
+    fn cached(&self, dir: &Path, stage: &str, steps: usize) -> Result<bool, TrainError> {
+        rlhf_model::recover_folder(&dir.join("checkpoint"))?;
+        Ok(manifest::usable(dir, stage, steps)? && checkpoint_complete(dir, steps))
+    }
+
+    /// Runs (or resumes) `t` in `dir` and records the finished stage's manifest.
+    fn train(
+        &self,
+        t: &mut dyn Stage,
+        dir: &Path,
+        stage: &str,
+        steps: usize,
+    ) -> Result<(), TrainError> {
+        run_stage(t, &self.opts(dir.to_path_buf(), steps))?;
+        manifest::write(dir, stage, steps)
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, TrainError> {
@@ -569,7 +590,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         json(&cfg.data.sft_examples),
     ]);
     let sft_dir = ctx.stage_dir("sft", &sft_key);
-    let sft_model = if checkpoint_complete(&sft_dir, cfg.sft.steps) {
+    let sft_model = if ctx.cached(&sft_dir, "sft", cfg.sft.steps)? {
         say("sft: cached");
         Checkpoint::open(&sft_dir.join("checkpoint/model"))?.causal_lm(&ctx.train_device)?
     } else {
@@ -590,7 +611,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             ctx.pad,
             mix(cfg.seed, 1, 0),
         )?;
-        run_stage(&mut t, &ctx.opts(sft_dir.clone()))?;
+        ctx.train(&mut t, &sft_dir, "sft", cfg.sft.steps)?;
         t.into_model()
     };
     let sft_plain = sft_model.valid();
@@ -608,83 +629,86 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let pairs_dir = ctx.stage_dir("pairs", &pairs_key);
     let pairs_file = pairs_dir.join("pairs.jsonl");
     let gold = ctx.task.gold();
-    let pairs: Vec<PairExample> = if pairs_file.exists() {
-        say("pairs: cached");
-        read_pairs(&pairs_file)?
-    } else {
-        say("pairs: sampling and gold-labelling");
-        let prompts = ctx.prompts(pair_part)?;
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        // samples[2i] and samples[2i + 1] are the two responses to prompt i, drawn at the two
-        // pair temperatures from separate seeded streams.
-        let mut samples = Vec::new();
-        for (ci, chunk) in ids.chunks(64).enumerate() {
-            let mut sides = Vec::with_capacity(2);
-            for (side, &temperature) in cfg.data.pair_temperatures.iter().enumerate() {
-                let generation = GenerationConfig {
-                    sampling: Sampling::temperature(temperature),
-                    max_new_tokens: cfg.online.max_new_tokens,
-                    stop_token_ids: vec![ctx.eos],
-                    samples_per_prompt: 1,
-                    seed: mix(cfg.seed, 2, (ci * 2 + side) as u64),
+    // The manifest's step count is the number of pairs asked for.
+    let pairs: Vec<PairExample> =
+        if manifest::usable(&pairs_dir, "pairs", cfg.data.pairs)? && pairs_file.exists() {
+            say("pairs: cached");
+            read_pairs(&pairs_file)?
+        } else {
+            say("pairs: sampling and gold-labelling");
+            let prompts = ctx.prompts(pair_part)?;
+            let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+            // samples[2i] and samples[2i + 1] are the two responses to prompt i, drawn at the two
+            // pair temperatures from separate seeded streams.
+            let mut samples = Vec::new();
+            for (ci, chunk) in ids.chunks(64).enumerate() {
+                let mut sides = Vec::with_capacity(2);
+                for (side, &temperature) in cfg.data.pair_temperatures.iter().enumerate() {
+                    let generation = GenerationConfig {
+                        sampling: Sampling::temperature(temperature),
+                        max_new_tokens: cfg.online.max_new_tokens,
+                        stop_token_ids: vec![ctx.eos],
+                        samples_per_prompt: 1,
+                        seed: mix(cfg.seed, 2, (ci * 2 + side) as u64),
+                    };
+                    let mut s = rlhf_rollout::generate(&sft_plain, chunk, &generation);
+                    s.sort_by_key(|x| x.prompt_index);
+                    sides.push(s);
+                }
+                let second = sides.pop().expect("two sides");
+                let first = sides.pop().expect("two sides");
+                for (mut a, mut b) in first.into_iter().zip(second) {
+                    a.prompt_index += ci * 64;
+                    b.prompt_index += ci * 64;
+                    samples.push(a);
+                    samples.push(b);
+                }
+            }
+            let decode = ctx.decode_fn();
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, 0));
+            let mut out = Vec::new();
+            let (mut ceiling, mut agree) = (0.0f64, 0.0f64);
+            for pair in samples.chunks(2) {
+                let p = &prompts[pair[0].prompt_index];
+                let (a, b) = (&pair[0].response_ids, &pair[1].response_ids);
+                if a == b {
+                    continue; // identical samples carry no preference
+                }
+                let ga = gold.score(&p.text, &decode(a)).total;
+                let gb = gold.score(&p.text, &decode(b)).total;
+                if cfg.data.drop_gold_ties && (ga - gb).abs() < rlhf_data::gold::TIE_EPS {
+                    continue;
+                }
+                let a_wins =
+                    rlhf_data::bradley_terry_label(ga, gb, cfg.task.label_temperature, &mut rng);
+                let p_a =
+                    rlhf_data::bradley_terry_probability(ga, gb, cfg.task.label_temperature) as f64;
+                ceiling += p_a.max(1.0 - p_a);
+                agree += if (a_wins && ga > gb) || (!a_wins && gb > ga) {
+                    1.0
+                } else {
+                    0.0
                 };
-                let mut s = rlhf_rollout::generate(&sft_plain, chunk, &generation);
-                s.sort_by_key(|x| x.prompt_index);
-                sides.push(s);
+                let (c, r) = if a_wins { (a, b) } else { (b, a) };
+                out.push(PairExample {
+                    prompt: p.ids.clone(),
+                    chosen: c.clone(),
+                    rejected: r.clone(),
+                });
             }
-            let second = sides.pop().expect("two sides");
-            let first = sides.pop().expect("two sides");
-            for (mut a, mut b) in first.into_iter().zip(second) {
-                a.prompt_index += ci * 64;
-                b.prompt_index += ci * 64;
-                samples.push(a);
-                samples.push(b);
-            }
-        }
-        let decode = ctx.decode_fn();
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, 0));
-        let mut out = Vec::new();
-        let (mut ceiling, mut agree) = (0.0f64, 0.0f64);
-        for pair in samples.chunks(2) {
-            let p = &prompts[pair[0].prompt_index];
-            let (a, b) = (&pair[0].response_ids, &pair[1].response_ids);
-            if a == b {
-                continue; // identical samples carry no preference
-            }
-            let ga = gold.score(&p.text, &decode(a)).total;
-            let gb = gold.score(&p.text, &decode(b)).total;
-            if cfg.data.drop_gold_ties && (ga - gb).abs() < rlhf_data::gold::TIE_EPS {
-                continue;
-            }
-            let a_wins =
-                rlhf_data::bradley_terry_label(ga, gb, cfg.task.label_temperature, &mut rng);
-            let p_a =
-                rlhf_data::bradley_terry_probability(ga, gb, cfg.task.label_temperature) as f64;
-            ceiling += p_a.max(1.0 - p_a);
-            agree += if (a_wins && ga > gb) || (!a_wins && gb > ga) {
-                1.0
-            } else {
-                0.0
-            };
-            let (c, r) = if a_wins { (a, b) } else { (b, a) };
-            out.push(PairExample {
-                prompt: p.ids.clone(),
-                chosen: c.clone(),
-                rejected: r.clone(),
+            std::fs::create_dir_all(&pairs_dir).map_err(io(&pairs_dir))?;
+            let n = out.len().max(1) as f64;
+            let stats = serde_json::json!({
+                "pairs": out.len(),
+                "label_agrees_with_gold": agree / n,
+                "bayes_accuracy_ceiling": ceiling / n,
             });
-        }
-        std::fs::create_dir_all(&pairs_dir).map_err(io(&pairs_dir))?;
-        let n = out.len().max(1) as f64;
-        let stats = serde_json::json!({
-            "pairs": out.len(),
-            "label_agrees_with_gold": agree / n,
-            "bayes_accuracy_ceiling": ceiling / n,
-        });
-        let sp = pairs_dir.join("stats.json");
-        std::fs::write(&sp, stats.to_string()).map_err(io(&sp))?;
-        write_pairs(&pairs_file, &out)?;
-        out
-    };
+            let sp = pairs_dir.join("stats.json");
+            std::fs::write(&sp, stats.to_string()).map_err(io(&sp))?;
+            write_pairs(&pairs_file, &out)?;
+            manifest::write(&pairs_dir, "pairs", cfg.data.pairs)?;
+            out
+        };
     say(&format!("pairs: {} labelled pairs", pairs.len()));
 
     // ---- Proxy reward model (smaller, from scratch, finite data).
@@ -703,7 +727,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     let rm_dir = ctx.stage_dir("reward", &rm_key);
     let n_eval = ((pairs.len() as f64) * cfg.reward.eval_fraction).round() as usize;
     let held_pairs = pairs[pairs.len() - n_eval..].to_vec();
-    let rm = if checkpoint_complete(&rm_dir, cfg.reward.steps) {
+    let rm = if ctx.cached(&rm_dir, "reward", cfg.reward.steps)? {
         say("reward model: cached");
         Checkpoint::open(&rm_dir.join("checkpoint/model"))?.reward_model(&ctx.device, 0)?
     } else {
@@ -729,7 +753,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                 json(&cfg.data.sft_examples),
             ]);
             let dir = ctx.stage_dir("reward_pretrain", &key);
-            let lm = if checkpoint_complete(&dir, cfg.reward_pretrain.steps) {
+            let lm = if ctx.cached(&dir, "reward_pretrain", cfg.reward_pretrain.steps)? {
                 say("reward model pre-training: cached");
                 Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
             } else {
@@ -757,7 +781,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                     ctx.pad,
                     mix(cfg.seed, 4, 2),
                 )?;
-                run_stage(&mut t, &ctx.opts(dir))?;
+                ctx.train(&mut t, &dir, "reward_pretrain", cfg.reward_pretrain.steps)?;
                 t.into_model().valid()
             };
             let score = init.remove("score.weight");
@@ -776,7 +800,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             ctx.pad,
             mix(cfg.seed, 5, 0),
         )?;
-        run_stage(&mut t, &ctx.opts(rm_dir.clone()))?;
+        ctx.train(&mut t, &rm_dir, "reward", cfg.reward.steps)?;
         t.into_model().valid()
     };
     let (rm_accuracy, _) = RewardTrainer::accuracy(&rm, &held_pairs, ctx.pad, 64);
@@ -791,7 +815,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
     for (name, ocfg) in [("dpo", &cfg.dpo), ("simpo", &cfg.simpo)] {
         let key = key_of(&[pairs_key.clone(), json(ocfg)]);
         let dir = ctx.stage_dir(name, &key);
-        let model = if checkpoint_complete(&dir, ocfg.steps) {
+        let model = if ctx.cached(&dir, name, ocfg.steps)? {
             say(&format!("{name}: cached"));
             Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
         } else {
@@ -805,7 +829,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                 ctx.pad,
                 mix(cfg.seed, 6, 0),
             )?;
-            run_stage(&mut t, &ctx.opts(dir))?;
+            ctx.train(&mut t, &dir, name, ocfg.steps)?;
             t.into_model().valid()
         };
         offline_models.push((name.to_string(), model));
@@ -859,16 +883,19 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
             ]);
             let label = format!("{}@lr{lr:e}", arm.name);
             let dir = ctx.stage_dir(&format!("online-{}-lr{lr:e}", arm.name), &key);
-            if checkpoint_complete(&dir, ocfg.steps) {
+            let stage = format!("online/{label}");
+            let steps = ocfg.steps;
+            if ctx.cached(&dir, &stage, steps)? {
                 say(&format!("online {label}: cached"));
             } else {
                 say(&format!("online {label}: training"));
-                let mut t =
-                    OnlineTrainer::new(&format!("online/{label}"), ocfg, setup(sft_model.clone()))?;
+                let mut t = OnlineTrainer::new(&stage, ocfg, setup(sft_model.clone()))?;
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 let samples = dir.join("samples.jsonl");
                 t.log_samples_to(&samples)?;
-                run_stage(&mut t, &ctx.opts(dir.clone()))?;
+                run_stage(&mut t, &ctx.opts(dir.clone(), steps))?;
+                drop(t); // closes samples.jsonl before its hash is taken
+                manifest::write(&dir, &stage, steps)?;
             }
             online_dirs.insert(label, dir);
         }

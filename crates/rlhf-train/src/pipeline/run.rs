@@ -110,16 +110,6 @@ fn finished(dir: &Path, total: usize) -> bool {
     dir.join("final/config.json").is_file() && checkpoint_complete(dir, total)
 }
 
-/// Whether `checkpoint/` holds nothing but `progress.json` (see [`prune_checkpoint`]).
-fn pruned(dir: &Path) -> bool {
-    let ckpt = dir.join("checkpoint");
-    std::fs::read_dir(&ckpt).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .all(|e| e.file_name() == "progress.json")
-    }) && ckpt.join("progress.json").is_file()
-}
-
 /// Once a stage has exported `final/`, its checkpoint keeps only `progress.json`, the record
 /// that the stage is complete: the weights are in `final/`, and the optimiser state (twice
 /// the model's size) is of no use to a stage that will not train again.
@@ -179,7 +169,8 @@ pub fn run_pipeline(
         for dep in super::spec::dependencies(st) {
             let ddir = spec.out.join(dep);
             let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
-            if !finished(&ddir, dst.config.steps()) {
+            let steps = dst.config.steps();
+            if !(crate::manifest::usable(&ddir, dep, steps)? && finished(&ddir, steps)) {
                 return Err(TrainError::Mismatch {
                     what: format!(
                         "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
@@ -191,19 +182,11 @@ pub fn run_pipeline(
             }
         }
         claim(&dir, &fingerprint(spec, st)?)?;
-        if pruned(&dir) && !dir.join("final/config.json").is_file() {
-            // The export was removed after the weights were pruned: nothing to resume from.
-            if opts.live {
-                eprintln!(
-                    "[{}] final/ is missing and the checkpoint kept no weights: training the \
-                     stage anew",
-                    st.name
-                );
-            }
-            let ckpt = dir.join("checkpoint");
-            std::fs::remove_dir_all(&ckpt).map_err(io(&ckpt))?;
-        }
-        if finished(&dir, st.config.steps()) {
+        // A finished stage is skipped only when its files match its manifest; otherwise it
+        // says why and trains again.
+        if crate::manifest::usable(&dir, &st.name, st.config.steps())?
+            && finished(&dir, st.config.steps())
+        {
             if opts.live {
                 eprintln!("[{}] complete, skipped", st.name);
             }
@@ -215,6 +198,7 @@ pub fn run_pipeline(
         run_one(spec, i, &plain, opts)?;
         if finished(&dir, st.config.steps()) {
             prune_checkpoint(&dir)?;
+            crate::manifest::write(&dir, &st.name, st.config.steps())?;
         }
         trained += 1;
     }
