@@ -81,7 +81,11 @@ fn damaged_cached_stages_are_detected_and_retrained() {
         "{verdict:?}"
     );
     let third = rlhf_train::run_study(tiny_study(&tmp), false).unwrap();
-    assert_eq!(std::fs::read(&weights).unwrap(), good, "retrained SFT differs");
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        good,
+        "retrained SFT differs"
+    );
     assert_eq!(std::fs::read_to_string(&pairs).unwrap(), good_pairs);
     assert_eq!(third.offline, first.offline);
     assert_eq!(third.rm_accuracy, first.rm_accuracy);

@@ -168,10 +168,93 @@ fn tiny_pipeline_resumes_and_reproduces() {
         "{err}"
     );
     for other in ["sft", "rm", "rloo"] {
-        assert!(err.contains(&format!("[{other}] complete, skipped")), "{err}");
+        assert!(
+            err.contains(&format!("[{other}] complete, skipped")),
+            "{err}"
+        );
     }
     assert_eq!(
         std::fs::read(b.join("dpo/final/model.safetensors")).unwrap(),
         weights
     );
+}
+
+/// SIGKILL in the middle of a 300-step SFT stage that checkpoints every 10 steps: the resumed
+/// run starts from the last checkpoint (at most 10 steps lost) and ends with the metrics and
+/// weights of an uninterrupted run.
+#[test]
+fn sigkill_mid_stage_loses_at_most_one_checkpoint_interval() {
+    let dir = scratch_dir("train-tiny-kill");
+    let llama = oracle_dir().join("tiny-llama");
+    let tok = common::word_tokenizer(&dir, &["What", "is", "the", "?"]);
+    let file = dir.join("sft.toml");
+    let text = format!(
+        "seed = 3\npolicy = \"{}\"\ntokenizer = \"{tok}\"\ndata = \"{}\"\ncheckpoint_every = 10\n\
+         [sft]\nsteps = 300\nbatch_size = 2\n",
+        llama.display(),
+        root().join("data/tiny-en/sft.jsonl").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let (ok, err) = train(&file, &dir.join("a"), &["--quiet"]);
+    assert!(ok, "{err}");
+
+    let b = dir.join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .arg("train")
+        .arg(&file)
+        .arg("--out")
+        .arg(&b)
+        .arg("--quiet")
+        .spawn()
+        .unwrap();
+    let metrics = b.join("sft/metrics.jsonl");
+    let steps_logged = || -> usize {
+        std::fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["step"].as_u64())
+            .max()
+            .unwrap_or(0) as usize
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while steps_logged() < 55 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let logged = steps_logged();
+    let progress: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(b.join("sft/checkpoint/progress.json")).unwrap(),
+    )
+    .unwrap();
+    let saved = progress["steps_done"].as_u64().unwrap() as usize;
+    assert!(logged < 300, "killed too late: {logged}");
+    assert!(
+        saved % 10 == 0 && saved <= logged && logged - saved <= 10,
+        "logged {logged}, checkpoint at {saved}"
+    );
+    let (ok, err) = train(&file, &b, &["--quiet"]);
+    assert!(ok, "{err}");
+    let lines = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("sft/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut()
+                    .unwrap()
+                    .retain(|k, _| !is_wallclock_key(k));
+                v
+            })
+            .collect()
+    };
+    assert_eq!(lines(&b), lines(&dir.join("a")), "resumed metrics differ");
+    let w = |d: &Path| std::fs::read(d.join("sft/final/model.safetensors")).unwrap();
+    assert_eq!(w(&b), w(&dir.join("a")), "resumed weights differ");
 }
