@@ -111,7 +111,10 @@ fn tiny_pipeline_resumes_and_reproduces() {
 
     // Stopped after DPO step 2 (checkpoint), then resumed: the same metrics as run `a`.
     let (ok, err) = train(&file, &dir.join("b"), &["--quiet", "--stop-after", "dpo:2"]);
-    assert!(!ok && err.contains("interrupted at step 2"), "{err}");
+    assert!(
+        !ok && err.contains("interrupted at step 2; checkpoint saved: run the same command again"),
+        "{err}"
+    );
     assert!(!dir.join("b/dpo/final").exists());
     let (ok, err) = train(&file, &dir.join("b"), &[]);
     assert!(ok && err.contains("[sft] complete, skipped"), "{err}");
@@ -236,7 +239,7 @@ fn sigkill_mid_stage_loses_at_most_one_checkpoint_interval() {
     let saved = progress["steps_done"].as_u64().unwrap() as usize;
     assert!(logged < 300, "killed too late: {logged}");
     assert!(
-        saved % 10 == 0 && saved <= logged && logged - saved <= 10,
+        saved.is_multiple_of(10) && saved <= logged && logged - saved <= 10,
         "logged {logged}, checkpoint at {saved}"
     );
     let (ok, err) = train(&file, &b, &["--quiet"]);

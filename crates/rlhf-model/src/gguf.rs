@@ -1279,6 +1279,18 @@ fn map_llama_name(name: &str, n_head: usize, n_kv_head: usize) -> Option<Mapped>
     }
 }
 
+/// The GGUF name of each HF tensor name [`llama_to_hf`] produces from `file` (for error
+/// messages that name the tensor as the file spells it).
+pub fn gguf_names(file: &GgufFile) -> BTreeMap<String, String> {
+    file.tensors
+        .iter()
+        .filter_map(|t| match map_llama_name(&t.name, 1, 1)? {
+            Mapped::Plain(hf) | Mapped::Qk(hf, _) => Some((hf, t.name.clone())),
+            Mapped::Skip => None,
+        })
+        .collect()
+}
+
 /// Converts a llama-architecture GGUF into an HF `config.json`-style object and HF-named f32
 /// tensors `(name, shape [out, in], data)`.
 ///
@@ -1876,9 +1888,10 @@ mod tests {
         assert_eq!(unpermute_qk_rows(&p, 16, 1, 2), w);
     }
 
-    #[test]
-    fn llama_to_hf_tiny() {
-        // vocab 4, hidden 4, 2 heads (head_dim 2), 1 kv head, ffn 2, one layer, tied.
+    /// A tiny llama GGUF image: vocab 4, hidden 4, 2 heads (head_dim 2), 1 kv head, ffn 2, one
+    /// layer, tied; `up` is the GGUF dims of `blk.0.ffn_up.weight` (`[4, 2]` is right). Returns
+    /// the image and the unpermuted Q and K.
+    fn tiny_llama_image(up: Vec<u64>) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
         let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let q: Vec<f32> = (0..16).map(|i| i as f32).collect();
         let k: Vec<f32> = (0..8).map(|i| 100.0 + i as f32).collect();
@@ -1918,13 +1931,45 @@ mod tests {
             ("blk.0.attn_v.weight", vec![4, 2], GgmlType::F32, z(8)),
             ("blk.0.attn_output.weight", vec![4, 4], GgmlType::F32, z(16)),
             ("blk.0.ffn_gate.weight", vec![4, 2], GgmlType::F32, z(8)),
-            ("blk.0.ffn_up.weight", vec![4, 2], GgmlType::F32, z(8)),
+            (
+                "blk.0.ffn_up.weight",
+                up.clone(),
+                GgmlType::F32,
+                z(up.iter().product::<u64>() as usize),
+            ),
             ("blk.0.ffn_down.weight", vec![2, 4], GgmlType::F32, z(8)),
             ("blk.0.attn_norm.weight", vec![4], GgmlType::F32, z(4)),
             ("blk.0.ffn_norm.weight", vec![4], GgmlType::F32, z(4)),
             ("output_norm.weight", vec![4], GgmlType::F32, z(4)),
         ];
-        let f = GgufFile::from_bytes("tiny.gguf", write_gguf(&kv, &tensors, 32)).unwrap();
+        (write_gguf(&kv, &tensors, 32), q, k)
+    }
+
+    #[test]
+    fn a_gguf_shape_error_names_the_gguf_tensor() {
+        let (img, _, _) = tiny_llama_image(vec![4, 3]);
+        let dir = std::env::temp_dir().join(format!("rlhf-gguf-shape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.gguf");
+        std::fs::write(&path, img).unwrap();
+        let e = crate::Checkpoint::open(&path)
+            .unwrap()
+            .causal_lm(&rlhf_backend::test_device())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "`blk.0.ffn_up.weight` (HF `model.layers.0.mlp.up_proj.weight`) has shape [3, 4]"
+            ),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn llama_to_hf_tiny() {
+        let (img, q, k) = tiny_llama_image(vec![4, 2]);
+        let f = GgufFile::from_bytes("tiny.gguf", img).unwrap();
         let (cfg, ts) = llama_to_hf(&f).unwrap();
         assert_eq!(cfg["model_type"], "llama");
         assert_eq!(cfg["num_key_value_heads"], 1);

@@ -861,6 +861,31 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Names a GGUF checkpoint's tensors in shape and missing-tensor errors as the file spells
+    /// them (`blk.0.attn_q.weight`), next to the HF name the loader uses.
+    fn gguf_context(&self, e: ModelError) -> ModelError {
+        let Some(file) = &self.gguf else { return e };
+        let names = crate::gguf::gguf_names(file);
+        match e {
+            ModelError::Shape {
+                path,
+                name,
+                found,
+                expected,
+            } if names.contains_key(&name) => ModelError::Format {
+                path,
+                what: format!(
+                    "tensor `{}` (HF `{name}`) has shape {found:?} (HF order), expected \
+                     {expected:?}",
+                    names[&name]
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
+impl Checkpoint {
     /// Reads a checkpoint from an HF folder or a `.gguf` file.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
@@ -956,11 +981,13 @@ impl Checkpoint {
             device,
             Strictness::Strict,
         )
+        .map_err(|e| self.gguf_context(e))
     }
 
     /// The reward model on `device` (see [`reward_model_from_map`]).
     pub fn reward_model(&self, device: &Device, seed: u64) -> Result<RewardModel, ModelError> {
         reward_model_from_map(&self.config, &self.weights, &self.path, device, seed)
+            .map_err(|e| self.gguf_context(e))
     }
 }
 
