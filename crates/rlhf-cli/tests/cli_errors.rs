@@ -103,6 +103,16 @@ fn study_settings_that_cannot_work_are_refused_before_any_compute() {
         &["learning_rates", "at least one"],
     );
     study(&["--seeds", "0,0"], &["seed 0 is given twice"]);
+    study(&["--set", "out_dir=\"\""], &["out_dir"]);
+    study(
+        &["--set", "reward.eval_fraction=0"],
+        &["reward.eval_fraction", "held-out"],
+    );
+    // It used to panic in the sampler after training SFT.
+    study(
+        &["--set", "online.max_new_tokens=100000"],
+        &["online.max_new_tokens", "256 positions"],
+    );
     // It used to abort with "memory allocation of ... bytes failed".
     study(
         &["--set", "policy.hidden_size=1000000000"],

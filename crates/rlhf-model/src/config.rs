@@ -19,6 +19,62 @@ fn machine_memory() -> u64 {
     })
 }
 
+/// Optional `config.json` keys read with a default: a value of the wrong type is an error, not
+/// silently replaced by the default (`"rms_norm_eps": "x"` used to give 1e-6).
+fn check_optional_types(obj: &Map<String, Value>, source: &str) -> Result<(), ModelError> {
+    const NUMBERS: [&str; 6] = [
+        "rms_norm_eps",
+        "layer_norm_eps",
+        "rope_theta",
+        "rotary_emb_base",
+        "partial_rotary_factor",
+        "rotary_pct",
+    ];
+    const BOOLS: [&str; 4] = [
+        "tie_word_embeddings",
+        "attention_bias",
+        "mlp_bias",
+        "use_parallel_residual",
+    ];
+    const COUNTS: [&str; 2] = ["num_key_value_heads", "max_position_embeddings"];
+    const IDS: [&str; 3] = ["bos_token_id", "eos_token_id", "pad_token_id"];
+    let is_id = |v: &Value| v.is_i64() || v.is_u64();
+    for (k, v) in obj.iter().filter(|(_, v)| !v.is_null()) {
+        let expected = if NUMBERS.contains(&k.as_str()) && !v.is_number() {
+            "a number"
+        } else if BOOLS.contains(&k.as_str()) && !v.is_boolean() {
+            "true or false"
+        } else if COUNTS.contains(&k.as_str()) && !v.is_u64() {
+            "a non-negative integer"
+        } else if IDS.contains(&k.as_str())
+            && !(is_id(v)
+                || v.as_array()
+                    .is_some_and(|a| !a.is_empty() && a.iter().all(is_id)))
+        {
+            "a token id or a list of token ids"
+        } else {
+            continue;
+        };
+        return Err(ModelError::Config {
+            field: format!("{source}: {k}"),
+            expected: format!("{expected}, found {v}"),
+        });
+    }
+    // Every id of a list (generation may stop on any of them), not only the first one kept.
+    let vocab = obj.get("vocab_size").and_then(Value::as_u64);
+    for k in IDS {
+        if let (Some(a), Some(vocab)) = (obj.get(k).and_then(Value::as_array), vocab)
+            && let Some(bad) = a.iter().filter_map(Value::as_u64).find(|&id| id >= vocab)
+        {
+            return Err(ModelError::Config {
+                field: format!("{source}: {k}"),
+                expected: format!("ids below vocab_size ({vocab}), found {bad}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The decoder families this crate implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,6 +314,7 @@ impl ModelConfig {
             field: source.into(),
             expected: "a JSON object".into(),
         })?;
+        check_optional_types(obj, source)?;
         let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
         let req_usize = |k: &str| -> Result<usize, ModelError> {
             get(k)
@@ -600,6 +657,15 @@ mod tests {
                 "hidden_size",
                 json!(1_000_000_000u64),
                 "hidden_size, intermediate_size",
+            ),
+            // The wrong type used to be replaced by the default silently.
+            ("rms_norm_eps", json!("x"), "rms_norm_eps"),
+            ("tie_word_embeddings", json!("yes"), "tie_word_embeddings"),
+            ("eos_token_id", json!("2"), "eos_token_id"),
+            (
+                "max_position_embeddings",
+                json!(-4),
+                "max_position_embeddings",
             ),
         ] {
             let mut v = base.clone();

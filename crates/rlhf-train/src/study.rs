@@ -68,6 +68,9 @@ impl Default for ModelSize {
 }
 
 impl ModelSize {
+    /// The context (`max_position_embeddings`) of the study's models.
+    pub const CONTEXT: usize = 256;
+
     fn config(&self, vocab: usize, eos: u32, pad: u32) -> ModelConfig {
         let mut c = ModelConfig::tiny_llama(vocab, self.hidden_size, self.num_layers);
         c.arch = Architecture::Llama;
@@ -75,7 +78,7 @@ impl ModelSize {
         c.num_kv_heads = self.num_heads;
         c.head_dim = self.hidden_size / self.num_heads.max(1);
         c.intermediate_size = self.intermediate_size;
-        c.max_position_embeddings = 256;
+        c.max_position_embeddings = Self::CONTEXT;
         c.eos_token_id = Some(eos);
         c.pad_token_id = Some(pad);
         c
@@ -338,6 +341,30 @@ impl StudyConfig {
                 field: "name".into(),
                 value: format!("{:?}", self.name),
                 expected: "a folder name under out_dir (not empty, no '/', '\\' or '..')".into(),
+            });
+        }
+        if self.out_dir.as_os_str().is_empty() {
+            return Err(TrainError::Config {
+                field: "out_dir".into(),
+                value: "\"\"".into(),
+                expected: "a folder for the cache and the reports".into(),
+            });
+        }
+        if self.reward.eval_fraction.is_nan() || self.reward.eval_fraction <= 0.0 {
+            return Err(TrainError::Config {
+                field: "reward.eval_fraction".into(),
+                value: self.reward.eval_fraction.to_string(),
+                expected: "a fraction > 0: the study reports the proxy's held-out accuracy".into(),
+            });
+        }
+        let context = ModelSize::CONTEXT;
+        if self.online.max_new_tokens >= context {
+            return Err(TrainError::Config {
+                field: "online.max_new_tokens".into(),
+                value: self.online.max_new_tokens.to_string(),
+                expected: format!(
+                    "fewer than the study models' {context} positions, with room for the prompt"
+                ),
             });
         }
         if self.learning_rates.is_empty() {
@@ -651,7 +678,10 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
                         samples_per_prompt: 1,
                         seed: mix(cfg.seed, 2, (ci * 2 + side) as u64),
                     };
-                    let mut s = rlhf_rollout::generate(&sft_plain, chunk, &generation);
+                    let mut s = rlhf_rollout::try_generate(&sft_plain, chunk, &generation)
+                        .map_err(|e| TrainError::Mismatch {
+                            what: format!("pairs: sampling from the SFT policy: {e}"),
+                        })?;
                     s.sort_by_key(|x| x.prompt_index);
                     sides.push(s);
                 }
