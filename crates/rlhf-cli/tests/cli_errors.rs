@@ -104,6 +104,12 @@ fn study_settings_that_cannot_work_are_refused_before_any_compute() {
     );
     study(&["--seeds", "0,0"], &["seed 0 is given twice"]);
     study(&["--set", "out_dir=\"\""], &["out_dir"]);
+    for d in ["sft_examples", "pairs", "online_prompts", "eval_prompts"] {
+        study(
+            &["--set", &format!("data.{d}=0")],
+            &[&format!("data.{d}"), "at least 1"],
+        );
+    }
     study(
         &["--set", "reward.eval_fraction=0"],
         &["reward.eval_fraction", "held-out"],

@@ -343,6 +343,20 @@ impl StudyConfig {
                 expected: "a folder name under out_dir (not empty, no '/', '\\' or '..')".into(),
             });
         }
+        for (field, n) in [
+            ("data.sft_examples", self.data.sft_examples),
+            ("data.pairs", self.data.pairs),
+            ("data.online_prompts", self.data.online_prompts),
+            ("data.eval_prompts", self.data.eval_prompts),
+        ] {
+            if n == 0 {
+                return Err(TrainError::Config {
+                    field: field.into(),
+                    value: "0".into(),
+                    expected: "at least 1: every stage of the study needs its examples".into(),
+                });
+            }
+        }
         if self.out_dir.as_os_str().is_empty() {
             return Err(TrainError::Config {
                 field: "out_dir".into(),
