@@ -43,6 +43,13 @@ impl Campaign {
             err.contains(needle),
             "{name}: expected {needle:?} in:\n{err}"
         );
+        // The line that says what is wrong (anyhow's last cause, or clap's error line).
+        let said = err
+            .lines()
+            .map(str::trim)
+            .rfind(|l| l.contains(needle))
+            .unwrap_or_default();
+        eprintln!("{:>3}. {name}: {said}", self.tried);
     }
 
     /// A model folder: the tiny Llama's weights with `config` as its config.json.
