@@ -135,6 +135,22 @@ fn bad_inputs_are_named() {
         &[],
         &["stepz"],
     );
+    // In a pipeline the stage tables are re-serialised: errors name the dotted key, not a line
+    // of text the user never wrote.
+    let text = format!(
+        "seed = 1\n[stages.a]\npolicy = \"{llama}\"\ndata = \"{sft}\"\n[stages.a.sft]\nstepz = 1\n"
+    );
+    let (ok, err) = train(&d, &text, &[]);
+    assert!(
+        !ok && err.contains("[stages.a] [sft]: `stepz`: unknown field") && !err.contains("line "),
+        "{err}"
+    );
+    let text = format!("[stages.a]\npolcy = \"{llama}\"\ndata = \"{sft}\"\n[stages.a.sft]\n");
+    let (ok, err) = train(&d, &text, &[]);
+    assert!(
+        !ok && err.contains("[stages.a]: `polcy`: unknown field") && !err.contains("line "),
+        "{err}"
+    );
     fails_with(
         &d,
         &format!("policy = \"{llama}\"\ndata = \"{sft}\"\n[sft]\n"),

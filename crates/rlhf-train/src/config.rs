@@ -663,7 +663,7 @@ fn from_table<T: serde::de::DeserializeOwned + Serialize + Default>(
 }
 
 /// A TOML error against generated `text`, as "`dotted.key`: message" (no line numbers).
-fn keyed_message(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn keyed_message(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim();
     match e.span().and_then(|s| key_at(text, s.start)) {
         Some(key) => format!("`{key}`: {msg}"),
@@ -782,7 +782,33 @@ pub fn parse_stage_config(
     source: &str,
     overrides: &[String],
 ) -> Result<StageConfig, TrainError> {
-    let mut table = parse_table(text, source)?;
+    let table = parse_table(text, source)?;
+    let (kind, inner) = stage_kind(table, source)?;
+    parse_kind(&kind, inner, source, overrides).map_err(|e| {
+        match (overrides.is_empty(), toml::from_str::<StageConfig>(text)) {
+            // The message against the file's own text shows the file's line numbers.
+            (true, Err(own)) => TrainError::ConfigParse {
+                source_name: source.into(),
+                message: own.to_string(),
+            },
+            _ => e,
+        }
+    })
+}
+
+/// [`parse_stage_config`] of a table that is not the text of a file (a pipeline's stage):
+/// errors name the dotted key, not a line.
+pub fn stage_config_from_table(
+    table: toml::Table,
+    source: &str,
+    overrides: &[String],
+) -> Result<StageConfig, TrainError> {
+    let (kind, inner) = stage_kind(table, source)?;
+    parse_kind(&kind, inner, source, overrides)
+}
+
+/// The one top-level table of a stage file: its name (the stage type) and its contents.
+fn stage_kind(mut table: toml::Table, source: &str) -> Result<(String, toml::Table), TrainError> {
     let keys: Vec<String> = table.keys().cloned().collect();
     let kind = match keys.as_slice() {
         [k] if StageConfig::KINDS.contains(&k.as_str()) && table[k].is_table() => k.clone(),
@@ -810,28 +836,28 @@ pub fn parse_stage_config(
     let Some(toml::Value::Table(inner)) = table.remove(&kind) else {
         unreachable!("checked above")
     };
+    Ok((kind, inner))
+}
+
+/// The config of type `kind` from its table, with overrides (`kind.` prefixes optional).
+fn parse_kind(
+    kind: &str,
+    inner: toml::Table,
+    source: &str,
+    overrides: &[String],
+) -> Result<StageConfig, TrainError> {
     let prefix = format!("{kind}.");
     let overrides: Vec<String> = overrides
         .iter()
         .map(|o| o.strip_prefix(&prefix).unwrap_or(o).to_string())
         .collect();
     let src = format!("{source} [{kind}]");
-    let parsed = match kind.as_str() {
+    match kind {
         "sft" => from_table(inner, &src, &overrides).map(StageConfig::Sft),
         "reward" => from_table(inner, &src, &overrides).map(StageConfig::Reward),
         "offline" => from_table(inner, &src, &overrides).map(StageConfig::Offline),
         _ => from_table(inner, &src, &overrides).map(StageConfig::Online),
-    };
-    parsed.map_err(
-        |e| match (overrides.is_empty(), toml::from_str::<StageConfig>(text)) {
-            // The message against the file's own text shows the file's line numbers.
-            (true, Err(own)) => TrainError::ConfigParse {
-                source_name: source.into(),
-                message: own.to_string(),
-            },
-            _ => e,
-        },
-    )
+    }
 }
 
 /// Reads a stage file (see [`parse_stage_config`]) with overrides and validates it.

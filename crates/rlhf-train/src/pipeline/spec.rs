@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rlhf_data::TokenizeConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{StageConfig, Validate, apply_overrides, parse_stage_config};
+use crate::config::{StageConfig, Validate, apply_overrides, stage_config_from_table};
 use crate::error::TrainError;
 
 /// Keys of a stage table that hold a path (or `stage:NAME`, or `synthetic` where allowed).
@@ -234,11 +234,11 @@ fn parse_stage(name: &str, mut t: toml::Table, source: &str) -> Result<StageSpec
     let inner = t.remove(kind).expect("present");
     let mut one = toml::Table::new();
     one.insert(kind.to_string(), inner);
-    let text = toml::to_string(&one).expect("a table serialises");
-    let config = parse_stage_config(&text, &at, &[])?;
+    let config = stage_config_from_table(one, &at, &[])?;
     config.validate(&format!("stages.{name}.{kind}"))?;
     let text = toml::to_string(&t).expect("a table serialises");
-    let inputs: StageInputs = toml::from_str(&text).map_err(|e| cfg_err(&at, e.to_string()))?;
+    let inputs: StageInputs =
+        toml::from_str(&text).map_err(|e| cfg_err(&at, crate::config::keyed_message(&text, &e)))?;
     Ok(StageSpec {
         name: name.to_string(),
         inputs,
