@@ -172,6 +172,9 @@ pub struct StudyConfig {
     pub arms: Vec<Arm>,
     /// Learning rates every arm runs at.
     pub learning_rates: Vec<f64>,
+    /// Save a checkpoint every this many steps of each stage, so that a killed study loses at
+    /// most that many (0: every tenth of the stage).
+    pub checkpoint_every: usize,
 }
 
 fn seq_entropy(alpha: f64) -> Regularizer {
@@ -299,6 +302,7 @@ impl Default for StudyConfig {
                 },
             ],
             learning_rates: vec![3e-4, 3e-5],
+            checkpoint_every: 0,
         }
     }
 }
@@ -507,11 +511,15 @@ impl Ctx {
             .join(format!("{stage}-{key}"))
     }
 
-    /// Checkpoints every tenth of the stage, so that a killed study loses at most that much.
+    /// Checkpoints every `checkpoint_every` steps (default: every tenth of the stage).
     fn opts(&self, dir: PathBuf, steps: usize) -> RunOptions {
+        let every = match self.cfg.checkpoint_every {
+            0 => (steps / 10).max(1),
+            n => n,
+        };
         RunOptions {
             dir,
-            checkpoint_every: (steps / 10).max(1),
+            checkpoint_every: every,
             resume: true,
             stop_after: None,
             live: self.live,
