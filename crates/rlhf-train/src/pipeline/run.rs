@@ -158,6 +158,7 @@ pub fn run_pipeline(
         });
     }
     let mut trained = 0;
+    let mut verified = std::collections::HashSet::new();
     for (i, st) in spec.stages.iter().enumerate() {
         let dir = spec.out.join(&st.name);
         rlhf_model::recover_folder(&dir.join("final"))?;
@@ -170,7 +171,9 @@ pub fn run_pipeline(
             let ddir = spec.out.join(dep);
             let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
             let steps = dst.config.steps();
-            if !(crate::manifest::usable(&ddir, dep, steps)? && finished(&ddir, steps)) {
+            // A stage checked or trained earlier in this run is not hashed again.
+            let intact = verified.contains(dep) || crate::manifest::usable(&ddir, dep, steps)?;
+            if !(intact && finished(&ddir, steps)) {
                 return Err(TrainError::Mismatch {
                     what: format!(
                         "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
@@ -187,6 +190,7 @@ pub fn run_pipeline(
         if crate::manifest::usable(&dir, &st.name, st.config.steps())?
             && finished(&dir, st.config.steps())
         {
+            verified.insert(st.name.as_str());
             if opts.live {
                 eprintln!("[{}] complete, skipped", st.name);
             }
@@ -199,6 +203,7 @@ pub fn run_pipeline(
         if finished(&dir, st.config.steps()) {
             prune_checkpoint(&dir)?;
             crate::manifest::write(&dir, &st.name, st.config.steps())?;
+            verified.insert(st.name.as_str());
         }
         trained += 1;
     }
