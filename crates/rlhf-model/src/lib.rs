@@ -20,7 +20,7 @@ pub use ids::with_stable_ids;
 pub use mask::AttentionMask;
 pub use model::{CausalLm, Decoder, KvCache, RewardModel, ValueHead, gather_rows};
 pub use weights::{
-    Checkpoint, HostTensor, Strictness, WeightMap, causal_lm_from_map, init_weights,
-    parse_safetensors, read_safetensors, recover_folder, reward_model_from_map,
+    Checkpoint, HostTensor, Strictness, WeightMap, causal_lm_from_map, first_non_finite,
+    init_weights, parse_safetensors, read_safetensors, recover_folder, reward_model_from_map,
     save_folder_atomically, save_hf, save_hf_with, write_safetensors,
 };

@@ -739,24 +739,26 @@ pub fn init_weights(cfg: &ModelConfig, head: HeadKind, seed: u64, std: f32) -> W
 /// A model whose weights hold NaN or an infinity cannot produce anything meaningful: refused at
 /// load, naming the tensor, rather than giving NaN log-probs or a sampler error later.
 fn check_finite(path: &Path, weights: &WeightMap) -> Result<(), ModelError> {
-    let mut names: Vec<&String> = weights.keys().collect();
-    names.sort();
-    for name in names {
-        if let Some((i, v)) = weights[name]
-            .data
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite())
-        {
-            return Err(ModelError::Format {
-                path: path.into(),
-                what: format!(
-                    "tensor `{name}` holds {v} at flat index {i}: the weights are not finite"
-                ),
-            });
-        }
+    match first_non_finite(weights) {
+        None => Ok(()),
+        Some((name, i, v)) => Err(ModelError::Format {
+            path: path.into(),
+            what: format!(
+                "tensor `{name}` holds {v} at flat index {i}: the weights are not finite"
+            ),
+        }),
     }
-    Ok(())
+}
+
+/// The first NaN or infinite value of `weights` (tensors in name order): its tensor, flat index
+/// and value.
+pub fn first_non_finite(weights: &WeightMap) -> Option<(&str, usize, f32)> {
+    weights.iter().find_map(|(name, t)| {
+        t.data
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (name.as_str(), i, t.data[i]))
+    })
 }
 
 /// `model.safetensors.index.json` of a sharded folder: which file holds which tensor.

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rlhf_model::{CausalLm, Checkpoint, HeadKind, WeightMap, save_hf};
 
 use crate::batch::scalar;
-use crate::error::TrainError;
+use crate::error::{TrainError, io};
 use crate::optim::{Optimizer, global_grad_norm};
 use crate::runner::check_finite;
 
@@ -102,17 +102,34 @@ pub fn optimise_slot<M: Module>(
 /// checkpoint of such weights would replace the last good one. The error's stage and step are
 /// filled in by the runner.
 pub fn check_weights_finite(map: &WeightMap) -> Result<(), TrainError> {
-    for (name, t) in map {
-        if let Some(&v) = t.data.iter().find(|v| !v.is_finite()) {
-            return Err(TrainError::NonFinite {
-                stage: String::new(),
-                step: 0,
-                quantity: format!("parameter {name}"),
-                value: v as f64,
-            });
-        }
+    match rlhf_model::first_non_finite(map) {
+        None => Ok(()),
+        Some((name, _, v)) => Err(TrainError::NonFinite {
+            stage: String::new(),
+            step: 0,
+            quantity: format!("parameter {name}"),
+            value: v as f64,
+        }),
     }
-    Ok(())
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), TrainError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Removes `p`, a file or a folder with everything in it; nothing to do when it is absent.
+pub(crate) fn remove_path(p: &Path) -> Result<(), TrainError> {
+    let r = if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else if p.exists() {
+        std::fs::remove_file(p)
+    } else {
+        Ok(())
+    };
+    r.map_err(io(p))
 }
 
 /// Every token id of `seqs` must be below `vocab_size`; `what` names the data in the error

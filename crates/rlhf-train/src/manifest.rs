@@ -93,7 +93,7 @@ pub fn write(dir: &Path, stage: &str, steps: usize) -> Result<(), TrainError> {
         files,
     };
     let text = serde_json::to_string_pretty(&m).expect("a manifest serialises");
-    crate::pipeline::run::write_atomically(&dir.join(FILE), &text)
+    crate::common::write_atomically(&dir.join(FILE), &text)
 }
 
 /// Checks `dir` against its manifest, expecting stage `stage` of `steps` steps.
@@ -148,15 +148,7 @@ pub fn usable(dir: &Path, stage: &str, steps: usize) -> Result<bool, TrainError>
     };
     eprintln!("[{stage}] {why}: training the stage again");
     for sub in ["checkpoint", "final", FILE] {
-        let p = dir.join(sub);
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else if p.exists() {
-            std::fs::remove_file(&p)
-        } else {
-            Ok(())
-        };
-        r.map_err(io(&p))?;
+        crate::common::remove_path(&dir.join(sub))?;
     }
     Ok(false)
 }

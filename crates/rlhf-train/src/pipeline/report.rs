@@ -115,6 +115,6 @@ pub fn write_report(spec: &PipelineSpec) -> Result<PathBuf, TrainError> {
         md.push('\n');
     }
     let report = spec.out.join("report.md");
-    super::run::write_atomically(&report, &md)?;
+    crate::common::write_atomically(&report, &md)?;
     Ok(report)
 }

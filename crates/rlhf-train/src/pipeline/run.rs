@@ -16,7 +16,7 @@ use super::inputs::{
 };
 use super::judge::{Judged, RewardJudge};
 use super::spec::{PipelineSpec, StageSpec};
-use crate::common::{check_weights_finite, mix};
+use crate::common::{check_weights_finite, mix, remove_path, write_atomically};
 use crate::config::StageConfig;
 use crate::error::{TrainError, io};
 use crate::offline::OfflineTrainer;
@@ -47,13 +47,6 @@ pub struct PipelineOutput {
     pub report: PathBuf,
     /// How many stages trained in this call (0: everything was complete already).
     pub trained: usize,
-}
-
-/// Writes `text` to `path` through a temporary file and a rename.
-pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), TrainError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// The stage's identity: its resolved TOML and the sha256 of its data files. A stage folder
@@ -117,15 +110,9 @@ fn prune_checkpoint(dir: &Path) -> Result<(), TrainError> {
     let ckpt = dir.join("checkpoint");
     for e in std::fs::read_dir(&ckpt).map_err(io(&ckpt))? {
         let p = e.map_err(io(&ckpt))?.path();
-        if p.file_name().is_some_and(|n| n == "progress.json") {
-            continue;
+        if p.file_name().is_some_and(|n| n != "progress.json") {
+            remove_path(&p)?;
         }
-        let removed = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        removed.map_err(io(&p))?;
     }
     Ok(())
 }
