@@ -1,7 +1,8 @@
-//! The built-in study's cache proves its stages intact: a cached stage whose weights were
-//! overwritten with other bytes of the same size, or whose pairs file was cut by whole lines, is
-//! detected by its manifest and trained again, to the same files; an intact cache is reused.
-//! A miniature study (a few steps per stage, one arm, one learning rate): seconds.
+//! The built-in study is a pipeline whose finished stages prove themselves intact: a stage whose
+//! exported weights were overwritten with other bytes of the same size, or whose pairs file was
+//! cut by whole lines, is detected by its manifest and run again, to the same files; intact
+//! stages are reused. A miniature study (a few steps per stage, one arm, one learning rate):
+//! seconds.
 
 use std::path::{Path, PathBuf};
 
@@ -29,20 +30,9 @@ fn tiny_study(out: &Path) -> StudyConfig {
     c
 }
 
-/// The cache folder whose name starts with `prefix` (one per stage kind here).
-fn stage_dir(out: &Path, prefix: &str) -> PathBuf {
-    let cache = out.join("cache");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
-        })
-        .collect();
-    assert_eq!(dirs.len(), 1, "{prefix}: {dirs:?}");
-    dirs.pop().unwrap()
+/// The folder of stage `name` of the study in `out`.
+fn stage_dir(out: &Path, name: &str) -> PathBuf {
+    out.join("cache-test").join(name)
 }
 
 fn modified(p: &Path) -> std::time::SystemTime {
@@ -55,7 +45,7 @@ fn damaged_cached_stages_are_detected_and_retrained() {
     let first = rlhf_train::run_study(tiny_study(&tmp), false).unwrap();
 
     let sft = stage_dir(&tmp, "sft");
-    let weights = sft.join("checkpoint/model/model.safetensors");
+    let weights = sft.join("final/model.safetensors");
     let good = std::fs::read(&weights).unwrap();
     let pairs = stage_dir(&tmp, "pairs").join("pairs.jsonl");
     let good_pairs = std::fs::read_to_string(&pairs).unwrap();
@@ -76,6 +66,12 @@ fn damaged_cached_stages_are_detected_and_retrained() {
     let cut: Vec<&str> = good_pairs.lines().take(5).collect();
     std::fs::write(&pairs, cut.join("\n") + "\n").unwrap();
     let verdict = rlhf_train::manifest::verify(&sft, "sft", 3).unwrap();
+    let pairs_verdict =
+        rlhf_train::manifest::verify(&stage_dir(&tmp, "pairs"), "pairs", 1).unwrap();
+    assert!(
+        matches!(&pairs_verdict, rlhf_train::manifest::Verdict::Mismatch(w) if w.contains("pairs.jsonl")),
+        "{pairs_verdict:?}"
+    );
     assert!(
         matches!(&verdict, rlhf_train::manifest::Verdict::Mismatch(w) if w.contains("model.safetensors")),
         "{verdict:?}"

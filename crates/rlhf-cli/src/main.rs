@@ -502,14 +502,14 @@ fn study(
             .out_dir
             .join(format!("{}-sweep", cfg.name))
             .join("report.md");
-        rlhf_train::report::write_sweep_report(&outs, &path)?;
+        rlhf_train::study::write_sweep_report(&outs, &path)?;
         println!("report: {}", path.display());
         return Ok(());
     }
     let out = rlhf_train::run_study(cfg.clone(), !quiet)?;
     println!("report: {}", out.report.display());
     if check {
-        let failed = rlhf_train::report::check_study(&out, &cfg)?;
+        let failed = rlhf_train::study::check_study(&out, &cfg)?;
         if !failed.is_empty() {
             bail!("study check failed:\n  {}", failed.join("\n  "));
         }

@@ -64,7 +64,7 @@ fn bad_inputs_are_named() {
     fails_with(
         &d,
         &format!(
-            "policy = \"{llama}\"\ntokenizer = \"synthetic\"\ndata = \"{sft}\"\n[sft]\nsteps = 1\n"
+            "policy = \"{llama}\"\ntokenizer = \"bytes\"\ndata = \"{sft}\"\n[sft]\nsteps = 1\n"
         ),
         &[],
         &["stages.sft.tokenizer", "259 tokens", "vocabulary has 256"],

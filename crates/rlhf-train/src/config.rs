@@ -728,30 +728,61 @@ pub enum StageConfig {
     Offline(OfflineConfig),
     /// `[online]`
     Online(OnlineConfig),
+    /// `[pairs]`: preference pairs of policy samples labelled by a judge.
+    Pairs(crate::pipeline::pairs::PairsConfig),
+    /// `[evaluate]`: one evaluation of a policy as an online stage evaluates (the online
+    /// settings; `steps` and the optimiser are not used).
+    Evaluate(OnlineConfig),
+    /// `[synthetic]`: the built-in task's data sets written as JSONL files.
+    Synthetic(crate::pipeline::synthetic::SyntheticDataConfig),
 }
 
 impl StageConfig {
     /// The table names a stage file may use, one per type.
-    pub const KINDS: [&'static str; 4] = ["sft", "reward", "offline", "online"];
+    pub const KINDS: [&'static str; 7] = [
+        "sft",
+        "reward",
+        "offline",
+        "online",
+        "pairs",
+        "evaluate",
+        "synthetic",
+    ];
 
-    /// The number of optimiser steps.
+    /// The number of optimiser steps (1 for a stage that does not train: it is done or not).
     pub fn steps(&self) -> usize {
         match self {
             StageConfig::Sft(c) => c.steps,
             StageConfig::Reward(c) => c.steps,
             StageConfig::Offline(c) => c.steps,
             StageConfig::Online(c) => c.steps,
+            StageConfig::Pairs(_) | StageConfig::Evaluate(_) | StageConfig::Synthetic(_) => 1,
         }
     }
 
-    /// The file's table name: `sft`, `reward`, `offline` or `online`.
+    /// The file's table name: `sft`, `reward`, `offline`, `online`, `pairs`, `evaluate` or
+    /// `synthetic`.
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Sft(_) => "sft",
             StageConfig::Reward(_) => "reward",
             StageConfig::Offline(_) => "offline",
             StageConfig::Online(_) => "online",
+            StageConfig::Pairs(_) => "pairs",
+            StageConfig::Evaluate(_) => "evaluate",
+            StageConfig::Synthetic(_) => "synthetic",
         }
+    }
+
+    /// Whether the stage trains and exports a model (`final/`); the others write files.
+    pub fn makes_model(&self) -> bool {
+        matches!(
+            self,
+            StageConfig::Sft(_)
+                | StageConfig::Reward(_)
+                | StageConfig::Offline(_)
+                | StageConfig::Online(_)
+        )
     }
 }
 
@@ -768,7 +799,9 @@ impl Validate for StageConfig {
             StageConfig::Sft(c) => c.validate(p),
             StageConfig::Reward(c) => c.validate(p),
             StageConfig::Offline(c) => c.validate(p),
-            StageConfig::Online(c) => c.validate(p),
+            StageConfig::Online(c) | StageConfig::Evaluate(c) => c.validate(p),
+            StageConfig::Pairs(c) => c.validate(p),
+            StageConfig::Synthetic(c) => c.validate(p),
         }
     }
 }
@@ -828,7 +861,8 @@ fn stage_kind(mut table: toml::Table, source: &str) -> Result<(String, toml::Tab
                 source_name: source.into(),
                 message: format!(
                     "a stage file must hold exactly one top-level table naming its type, \
-                     [sft], [reward], [offline] or [online]; found {found}"
+                     [sft], [reward], [offline], [online], [pairs], [evaluate] or [synthetic]; \
+                     found {found}"
                 ),
             });
         }
@@ -856,6 +890,9 @@ fn parse_kind(
         "sft" => from_table(inner, &src, &overrides).map(StageConfig::Sft),
         "reward" => from_table(inner, &src, &overrides).map(StageConfig::Reward),
         "offline" => from_table(inner, &src, &overrides).map(StageConfig::Offline),
+        "pairs" => from_table(inner, &src, &overrides).map(StageConfig::Pairs),
+        "evaluate" => from_table(inner, &src, &overrides).map(StageConfig::Evaluate),
+        "synthetic" => from_table(inner, &src, &overrides).map(StageConfig::Synthetic),
         _ => from_table(inner, &src, &overrides).map(StageConfig::Online),
     }
 }

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{TrainError, io};
 
-const FILE: &str = "manifest.json";
+/// The manifest's file name in a stage folder.
+pub const FILE: &str = "manifest.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {

@@ -1,6 +1,8 @@
-//! The study report: `report.md` with a summary table, SVG figures, sample responses, the
-//! theory check and a plain statement of what was found, every number read from the runs'
-//! `metrics.jsonl` and `samples.jsonl`.
+//! The comparison section of a pipeline's `report.md`: when a pipeline evaluates policies with
+//! a judge (the built-in study, or any pipeline with `evaluate` stages or online stages with a
+//! `judge`), a summary table, SVG figures, sample responses, the theory check and a plain
+//! statement of what was found, every number read from the stages' `metrics.jsonl` and
+//! `samples.jsonl`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,27 +10,126 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::config::StageConfig;
 use crate::error::{TrainError, io};
-use crate::study::{StudyConfig, eval_series};
+use crate::metrics::read_metrics;
+use crate::pipeline::PipelineSpec;
 
-/// What the report is made from.
-pub struct ReportInput<'a> {
-    /// The study folder.
-    pub root: &'a Path,
-    /// The study's config.
-    pub cfg: &'a StudyConfig,
-    /// Held-out accuracy of the proxy RM.
-    pub rm_accuracy: f64,
-    /// SFT/DPO/SimPO evaluation metrics.
-    pub offline: &'a BTreeMap<String, BTreeMap<String, f64>>,
-    /// Online runs: label -> stage folder.
-    pub online_dirs: &'a BTreeMap<String, PathBuf>,
-    /// The theory check's text.
-    pub theory: &'a str,
-    /// Wall time of the study so far.
-    pub elapsed_s: f64,
-    /// Number of labelled pairs.
-    pub pairs: usize,
+/// One online run of a comparison.
+#[derive(Debug, Clone)]
+pub struct OnlineRun {
+    /// The stage name (`<arm>@lr<lr>` in the study).
+    pub label: String,
+    /// The arm: the name before `@`.
+    pub arm: String,
+    /// The learning rate, as `{:e}` writes it.
+    pub lr: String,
+    /// The stage folder.
+    pub dir: PathBuf,
+}
+
+/// What a pipeline's comparison is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// Held-out accuracy of the reward model the online stages optimise (its stage's last
+    /// `eval/accuracy`).
+    pub rm_accuracy: Option<f64>,
+    /// Labelled pairs written by the first pairs stage.
+    pub pairs: Option<usize>,
+    /// Evaluate stages: the evaluated policy's stage name -> its `eval/*` metrics.
+    pub offline: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Online stages with a judge, in file order.
+    pub online: Vec<OnlineRun>,
+}
+
+impl Comparison {
+    /// Online stage folders by label.
+    pub fn online_dirs(&self) -> BTreeMap<String, PathBuf> {
+        self.online
+            .iter()
+            .map(|r| (r.label.clone(), r.dir.clone()))
+            .collect()
+    }
+
+    /// Whether there is anything to compare.
+    pub fn is_empty(&self) -> bool {
+        self.offline.is_empty() && self.online.is_empty()
+    }
+}
+
+/// Evaluation lines (`eval/*` keys) of a stage's metrics, by step.
+pub fn eval_series(dir: &Path) -> Result<Vec<(usize, Map<String, Value>)>, TrainError> {
+    let path = dir.join("metrics.jsonl");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let rows = read_metrics(&path)?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.keys().any(|k| k.starts_with("eval/")))
+        .map(|r| {
+            let step = r.get("step").and_then(Value::as_u64).unwrap_or(0) as usize;
+            (step, r)
+        })
+        .collect())
+}
+
+fn last_eval(dir: &Path, key: &str) -> Result<Option<f64>, TrainError> {
+    Ok(eval_series(dir)?
+        .iter()
+        .rev()
+        .find_map(|(_, m)| m.get(key).and_then(Value::as_f64)))
+}
+
+/// The comparison of `spec`'s stages, from the files they left (stages not run yet are left
+/// out).
+pub fn comparison(spec: &PipelineSpec) -> Result<Comparison, TrainError> {
+    let mut c = Comparison::default();
+    for st in &spec.stages {
+        let dir = spec.out.join(&st.name);
+        match &st.config {
+            StageConfig::Evaluate(_) => {
+                let name = crate::pipeline::spec::stage_ref(&st.inputs.policy)
+                    .unwrap_or(&st.name)
+                    .to_string();
+                if let Some((_, m)) = eval_series(&dir)?.pop() {
+                    let m = m
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("eval/"))
+                        .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(f64::NAN)))
+                        .collect();
+                    c.offline.insert(name, m);
+                }
+            }
+            StageConfig::Online(cfg) if st.inputs.judge.is_some() => {
+                let arm = st.name.split_once('@').map_or(&*st.name, |(a, _)| a);
+                c.online.push(OnlineRun {
+                    label: st.name.clone(),
+                    arm: arm.to_string(),
+                    lr: format!("{:e}", cfg.optim.lr),
+                    dir,
+                });
+                if c.rm_accuracy.is_none()
+                    && let Some(rm) = st.inputs.reward_model.as_deref()
+                    && let Some(rm) = crate::pipeline::spec::stage_ref(rm)
+                {
+                    c.rm_accuracy = last_eval(&spec.out.join(rm), "eval/accuracy")?;
+                }
+            }
+            StageConfig::Pairs(_) if c.pairs.is_none() => {
+                let p = dir.join("stats.json");
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    let v: Value = serde_json::from_str(&text).map_err(|e| TrainError::Format {
+                        path: p.clone(),
+                        what: e.to_string(),
+                    })?;
+                    c.pairs = v.get("pairs").and_then(Value::as_u64).map(|n| n as usize);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(c)
 }
 
 /// One online run's evaluation curve.
@@ -224,18 +325,33 @@ fn f(x: f64) -> String {
 }
 
 /// Loads every online run's evaluation curve.
-pub fn load_curves(online_dirs: &BTreeMap<String, PathBuf>) -> Result<Vec<Curve>, TrainError> {
-    let mut out = Vec::new();
-    for (label, dir) in online_dirs {
-        let (arm, lr) = label.split_once("@lr").unwrap_or((label, ""));
-        out.push(Curve {
-            label: label.clone(),
-            arm: arm.to_string(),
-            lr: lr.to_string(),
-            points: eval_series(dir)?,
-        });
-    }
-    Ok(out)
+pub fn load_curves(runs: &[OnlineRun]) -> Result<Vec<Curve>, TrainError> {
+    runs.iter()
+        .map(|r| {
+            Ok(Curve {
+                label: r.label.clone(),
+                arm: r.arm.clone(),
+                lr: r.lr.clone(),
+                points: eval_series(&r.dir)?,
+            })
+        })
+        .collect()
+}
+
+/// The online runs of a study's folders (`<arm>@lr<lr>` labels).
+pub fn runs_of(online_dirs: &BTreeMap<String, PathBuf>) -> Vec<OnlineRun> {
+    online_dirs
+        .iter()
+        .map(|(label, dir)| {
+            let (arm, lr) = label.split_once("@lr").unwrap_or((label, ""));
+            OnlineRun {
+                label: label.clone(),
+                arm: arm.to_string(),
+                lr: lr.to_string(),
+                dir: dir.clone(),
+            }
+        })
+        .collect()
 }
 
 fn samples_at(dir: &Path, step: usize, n: usize) -> Vec<Value> {
@@ -249,63 +365,82 @@ fn samples_at(dir: &Path, step: usize, n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Writes `report.md` and the figures; returns the report's path.
-pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
-    let curves = load_curves(inp.online_dirs)?;
-    let fig_dir = inp.root.join("figures");
-    std::fs::create_dir_all(&fig_dir).map_err(io(&fig_dir))?;
+/// The comparison section of `spec`'s report (its figures written to `fig_dir`).
+pub fn comparison_section(
+    spec: &PipelineSpec,
+    comp: &Comparison,
+    fig_dir: &Path,
+) -> Result<String, TrainError> {
+    let curves = load_curves(&comp.online)?;
+    std::fs::create_dir_all(fig_dir).map_err(io(fig_dir))?;
     let mut md = String::new();
-    let cfg = inp.cfg;
+    let online: Vec<(&str, &crate::config::OnlineConfig)> = spec
+        .stages
+        .iter()
+        .filter_map(|st| match &st.config {
+            StageConfig::Online(c) | StageConfig::Evaluate(c) => Some((st.name.as_str(), c)),
+            _ => None,
+        })
+        .collect();
     let _ = writeln!(
         md,
-        "# Study report: `{}`\n\nMaximum-entropy vs KL-regularised online RLHF on the built-in synthetic \
-         TL;DR task (gold scorer in place of people; see docs/task.md). Produced by `cargo xtask train` \
-         in {:.0} s on the `{}` backend, seed {}. Every number below is read from the runs' \
-         `metrics.jsonl`; evaluation uses {} held-out prompts with {:?} decoding.\n",
-        cfg.name,
-        inp.elapsed_s,
-        cfg.backend,
-        cfg.seed,
-        cfg.online.eval.num_prompts.min(cfg.data.eval_prompts),
-        cfg.online.eval.decoding
+        "## Comparison
+"
     );
-    let _ = writeln!(
-        md,
-        "Pipeline: SFT on {} prompts with mixed-quality references -> {} preference pairs of two SFT \
-         samples (temperatures {} and {}), labelled by Bradley–Terry draws from the gold score \
-         (temperature {}) -> proxy reward model (d{} L{}, smaller than the d{} L{} policy), held-out \
-         pair accuracy **{:.1}%** -> offline DPO and SimPO -> online RLOO (k = {}, {} prompts/step, {} \
-         steps, sampling `{}`, missing-EOS penalty {}) for each arm at learning rates {:?}.\n",
-        cfg.data.sft_examples,
-        inp.pairs,
-        cfg.data.pair_temperatures[0],
-        cfg.data.pair_temperatures[1],
-        cfg.task.label_temperature,
-        cfg.reward_model.hidden_size,
-        cfg.reward_model.num_layers,
-        cfg.policy.hidden_size,
-        cfg.policy.num_layers,
-        inp.rm_accuracy * 100.0,
-        cfg.online.samples_per_prompt,
-        cfg.online.prompts_per_step,
-        cfg.online.steps,
-        serde_json::to_string(&cfg.online.sampling).unwrap_or_default(),
-        cfg.online.missing_eos_penalty,
-        cfg.learning_rates
-    );
-    let _ = writeln!(md, "Arms:\n");
-    for a in &cfg.arms {
+    if let Some((_, c)) = online.first() {
         let _ = writeln!(
             md,
-            "* `{}`: `{}`",
-            a.name,
-            serde_json::to_string(&a.regularizer).unwrap_or_default()
+            "Every policy is evaluated on up to {} held-out prompts with {:?} decoding, scored              by the judge (\"gold\") and by the reward model it is optimised against              (\"proxy\"); every number below is read from the stages' `metrics.jsonl`.",
+            c.eval.num_prompts, c.eval.decoding
         );
+    }
+    if let Some(acc) = comp.rm_accuracy {
+        let pairs = comp
+            .pairs
+            .map(|n| format!(" ({n} labelled pairs)"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "The proxy reward model's held-out pair accuracy: **{:.1}%**{pairs}.",
+            acc * 100.0
+        );
+    }
+    let mut lrs: Vec<String> = curves.iter().map(|c| c.lr.clone()).collect();
+    lrs.sort();
+    lrs.dedup();
+    if let Some((_, c)) = online
+        .iter()
+        .find(|(n, _)| comp.online.iter().any(|r| r.label == *n))
+    {
+        let _ = writeln!(
+            md,
+            "Online runs: k = {}, {} prompts/step, {} steps, sampling `{}`, missing-EOS \
+             penalty {}, at learning rates {lrs:?}. Arms:\n",
+            c.samples_per_prompt,
+            c.prompts_per_step,
+            c.steps,
+            serde_json::to_string(&c.sampling).unwrap_or_default(),
+            c.missing_eos_penalty,
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &comp.online {
+            if !seen.insert(r.arm.clone()) {
+                continue;
+            }
+            if let Some((_, c)) = online.iter().find(|(n, _)| *n == r.label) {
+                let _ = writeln!(
+                    md,
+                    "* `{}`: `{}`",
+                    r.arm,
+                    serde_json::to_string(&c.regularizer).unwrap_or_default()
+                );
+            }
+        }
     }
 
     // Findings first: what a reader wants.
     let _ = writeln!(md, "\n## What was found\n");
-    md.push_str(&findings(&curves, inp.offline));
+    md.push_str(&findings(&curves, &comp.offline));
 
     // Summary table.
     let _ = writeln!(md, "\n## Summary\n");
@@ -313,7 +448,7 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         md,
         "| run | peak gold (step) | final gold | peak win rate | final win rate | final proxy | final KL k1 | final KL exact | entropy/token | length | EOS rate |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (name, m) in inp.offline {
+    for (name, m) in &comp.offline {
         let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
@@ -351,10 +486,6 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
 
     // Figures.
     let _ = writeln!(md, "\n## Figures\n");
-    let mut lrs: Vec<String> = curves.iter().map(|c| c.lr.clone()).collect();
-    lrs.dedup();
-    lrs.sort();
-    lrs.dedup();
     for lr in &lrs {
         let group: Vec<&Curve> = curves.iter().filter(|c| &c.lr == lr).collect();
         for (key, title, file) in [
@@ -429,7 +560,12 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         "Greedy responses to the first held-out prompts at the start, at the gold peak and at the end of each run (gold / proxy score in brackets).\n"
     );
     for c in &curves {
-        let dir = &inp.online_dirs[&c.label];
+        let dir = &comp
+            .online
+            .iter()
+            .find(|r| r.label == c.label)
+            .expect("a run")
+            .dir;
         let (peak, _) = c.peak("eval/gold/score");
         let end = c.points.last().map(|p| p.0).unwrap_or(0);
         let _ = writeln!(md, "### {}\n", c.label);
@@ -447,8 +583,8 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         }
         md.push('\n');
     }
-    if let Some(first) = curves.first() {
-        let rows = samples_at(&inp.online_dirs[&first.label], 0, 2);
+    if !comp.online.is_empty() {
+        let rows = samples_at(&comp.online[0].dir, 0, 2);
         if !rows.is_empty() {
             let _ = writeln!(md, "Prompts of these samples:\n");
             for r in rows {
@@ -462,19 +598,9 @@ pub fn write_report(inp: &ReportInput<'_>) -> Result<PathBuf, TrainError> {
         }
     }
 
-    let _ = writeln!(md, "\n## Theory check\n\n{}\n", inp.theory);
-    let _ = writeln!(
-        md,
-        "## Reproduce\n\n```sh\ncargo xtask train{}\n```\n\nThe resolved configuration is `config.toml` next to this report; each stage's metrics and checkpoints are under `runs/cache/` (the summary table's runs map to folders listed in `runs.json`).",
-        if cfg.name.ends_with("-quick") {
-            " --quick"
-        } else {
-            ""
-        }
-    );
-    let p = inp.root.join("report.md");
-    std::fs::write(&p, md).map_err(io(&p))?;
-    Ok(p)
+    let theory = rlhf_objectives::theory::run(spec.seed);
+    let _ = writeln!(md, "\n## Theory check\n\n{theory}\n");
+    Ok(md)
 }
 
 /// The plain statement of results, computed from the curves.
@@ -549,120 +675,4 @@ pub fn findings(curves: &[Curve], offline: &BTreeMap<String, BTreeMap<String, f6
          Read the figures before the labels: with few evaluation prompts, differences under about 0.05 in win rate are noise."
     );
     s
-}
-
-/// Checks a finished study's report contents: every arm and learning rate present with finite
-/// numbers, and every offline preference arm (DPO, SimPO) above SFT on gold win rate.
-/// Returns the list of failed checks (empty when all hold).
-pub fn check_study(
-    out: &crate::study::StudyOutput,
-    cfg: &StudyConfig,
-) -> Result<Vec<String>, TrainError> {
-    let mut failed = Vec::new();
-    let report = std::fs::read_to_string(&out.report).map_err(io(&out.report))?;
-    let curves = load_curves(&out.online_dirs)?;
-    for lr in &cfg.learning_rates {
-        for arm in &cfg.arms {
-            let label = format!("{}@lr{lr:e}", arm.name);
-            match curves.iter().find(|c| c.label == label) {
-                None => failed.push(format!("online run {label} is missing")),
-                Some(c) => {
-                    if !report.contains(&format!("| {label} |")) {
-                        failed.push(format!("{label} is not in the report's summary table"));
-                    }
-                    for key in [
-                        "eval/gold/score",
-                        "eval/gold/win_rate",
-                        "eval/objective/scores",
-                        "eval/objective/kl",
-                        "eval/objective/kl_exact",
-                        "eval/policy/entropy_avg",
-                    ] {
-                        if c.points.is_empty() || c.series(key).iter().any(|(_, v)| !v.is_finite())
-                        {
-                            failed.push(format!("{label}: {key} is missing or not finite"));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let win = |n: &str| {
-        out.offline
-            .get(n)
-            .and_then(|m| m.get("eval/gold/win_rate"))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    for n in ["dpo", "simpo"] {
-        let beats = win(n) > win("sft");
-        if !beats {
-            failed.push(format!(
-                "{n} gold win rate {:.3} does not beat SFT's {:.3}",
-                win(n),
-                win("sft")
-            ));
-        }
-    }
-    if !out.rm_accuracy.is_finite() {
-        failed.push("reward-model accuracy is not finite".into());
-    }
-    Ok(failed)
-}
-
-/// One comparison report over several finished studies (seeds): mean and spread of each run's
-/// final and peak gold score, final win rate and final KL.
-pub fn write_sweep_report(
-    outs: &[(u64, crate::study::StudyOutput)],
-    path: &Path,
-) -> Result<(), TrainError> {
-    let mut table: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
-    for (_, o) in outs {
-        for c in load_curves(&o.online_dirs)? {
-            table.entry(c.label.clone()).or_default().push([
-                c.peak("eval/gold/score").1,
-                c.last("eval/gold/score"),
-                c.last("eval/gold/win_rate"),
-                c.last("eval/objective/kl_exact"),
-            ]);
-        }
-        for (name, m) in &o.offline {
-            let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
-            table.entry(format!("{name} (offline)")).or_default().push([
-                g("eval/gold/score"),
-                g("eval/gold/score"),
-                g("eval/gold/win_rate"),
-                g("eval/objective/kl_exact"),
-            ]);
-        }
-    }
-    let ms = |v: &[f64]| {
-        let n = v.len() as f64;
-        let m = v.iter().sum::<f64>() / n;
-        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        format!("{m:.3} ± {sd:.3}")
-    };
-    let mut md = format!(
-        "# Sweep over seeds {:?}\n\nMean ± standard deviation over seeds; each seed's full report is linked below.\n\n| run | peak gold | final gold | final win rate | final KL exact |\n|---|---|---|---|---|\n",
-        outs.iter().map(|(s, _)| *s).collect::<Vec<_>>()
-    );
-    for (label, rows) in &table {
-        let col = |i: usize| ms(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
-        let _ = writeln!(
-            md,
-            "| {label} | {} | {} | {} | {} |",
-            col(0),
-            col(1),
-            col(2),
-            col(3)
-        );
-    }
-    md.push('\n');
-    for (s, o) in outs {
-        let _ = writeln!(md, "* seed {s}: {}", o.report.display());
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    std::fs::write(path, md).map_err(io(path))
 }

@@ -1,89 +1,35 @@
 //! The built-in study: SFT -> gold-labelled pairs -> proxy reward model -> offline DPO and
 //! SimPO -> online RLOO against the proxy with KL, entropy-bonus and no regularisation, at
 //! several learning rates, all on the synthetic TL;DR task with a known gold scorer
-//! (Gao et al. 2022's synthetic-gold method). Produces `runs/<name>/report.md` with SVG figures.
+//! (Gao et al. 2022's synthetic-gold method).
 //!
-//! Every stage lives in `runs/cache/<stage>-<key>/` (shared by all runs) where `key` hashes the stage's
-//! configuration and everything upstream of it: a stage whose inputs did not change is loaded
-//! from there instead of being run again, and a stage that was interrupted resumes.
+//! The study is a pipeline like any other: [`StudyConfig::to_pipeline`] writes its stages
+//! (`configs/study.toml` is the default study's), and [`run_study`] runs them with
+//! [`crate::pipeline::run_pipeline`], which caches, resumes and reports as it does for every
+//! `rlhf train` file. Outputs go to `<out_dir>/<name>/`, one folder per stage, and
+//! `report.md`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::prelude::*;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rlhf_backend::BackendKind;
-use rlhf_data::{GoldScorer, SyntheticConfig, SyntheticTask, Tokenizer};
-use rlhf_model::{
-    Architecture, CausalLm, Checkpoint, HeadKind, ModelConfig, Strictness, causal_lm_from_map,
-    init_weights, reward_model_from_map,
-};
+use rlhf_data::{SyntheticConfig, SyntheticTask, TokenizeConfig};
 use rlhf_objectives::{EntropyBonus, KlPenalty, PreferenceLoss, Regularizer, RewardPlacement};
-use rlhf_rollout::{GenerationConfig, Sampling};
+use rlhf_rollout::Sampling;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::common::mix;
 use crate::config::{
-    OfflineConfig, OnlineConfig, OptimConfig, RewardConfig, Schedule, SftConfig, Validate,
+    OfflineConfig, OnlineConfig, OptimConfig, RewardConfig, Schedule, SftConfig, StageConfig,
+    Validate,
 };
 use crate::error::{TrainError, io};
-use crate::manifest;
-use crate::metrics::read_metrics;
-use crate::offline::OfflineTrainer;
-use crate::online::{OnlinePrompt, OnlineSetup, OnlineTrainer};
-use crate::report;
-use crate::reward::{PairExample, RewardTrainer};
-use crate::runner::{RunOptions, Stage, checkpoint_complete, run_stage};
-use crate::sft::{SftExample, SftTrainer};
-
-/// Size of a decoder built from scratch for the study.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelSize {
-    /// Width.
-    pub hidden_size: usize,
-    /// Blocks.
-    pub num_layers: usize,
-    /// Attention heads.
-    pub num_heads: usize,
-    /// MLP width.
-    pub intermediate_size: usize,
-    /// Initialisation standard deviation.
-    pub init_std: f32,
-}
-
-impl Default for ModelSize {
-    fn default() -> Self {
-        Self {
-            hidden_size: 64,
-            num_layers: 2,
-            num_heads: 4,
-            intermediate_size: 128,
-            init_std: 0.02,
-        }
-    }
-}
-
-impl ModelSize {
-    /// The context (`max_position_embeddings`) of the study's models.
-    pub const CONTEXT: usize = 256;
-
-    fn config(&self, vocab: usize, eos: u32, pad: u32) -> ModelConfig {
-        let mut c = ModelConfig::tiny_llama(vocab, self.hidden_size, self.num_layers);
-        c.arch = Architecture::Llama;
-        c.num_heads = self.num_heads;
-        c.num_kv_heads = self.num_heads;
-        c.head_dim = self.hidden_size / self.num_heads.max(1);
-        c.intermediate_size = self.intermediate_size;
-        c.max_position_embeddings = Self::CONTEXT;
-        c.eos_token_id = Some(eos);
-        c.pad_token_id = Some(pad);
-        c
-    }
-}
+use crate::pipeline::pairs::PairsConfig;
+pub use crate::pipeline::scratch::ModelSize;
+use crate::pipeline::scratch::SeedSpec;
+use crate::pipeline::synthetic::SyntheticDataConfig;
+use crate::pipeline::{PipelineSpec, StageInputs, StageSpec, TrainOptions, run_pipeline};
+use crate::report::{load_curves, runs_of};
 
 /// How many examples each stage sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,52 +373,18 @@ impl StudyConfig {
                 });
             }
         }
+        // Sizes (zero, or too large for this machine's memory) before any allocation.
+        let vocab = SyntheticTask::new(self.task.clone())?
+            .tokenizer()
+            .vocab_size();
         for (f, m) in [
             ("policy", &self.policy),
             ("reward_model", &self.reward_model),
         ] {
-            if m.num_heads == 0 || m.hidden_size % m.num_heads != 0 {
-                return Err(TrainError::Config {
-                    field: format!("{f}.num_heads"),
-                    value: m.num_heads.to_string(),
-                    expected: format!("a divisor of hidden_size ({})", m.hidden_size),
-                });
-            }
-            // Sizes (zero, or too large for this machine's memory) before any allocation.
-            let vocab = SyntheticTask::new(self.task.clone())?
-                .tokenizer()
-                .vocab_size();
-            m.config(vocab, 0, 0).validate().map_err(|e| match e {
-                rlhf_model::ModelError::Config { field, expected } => TrainError::Config {
-                    field: format!("{f} ({field})"),
-                    value: format!(
-                        "{{ hidden_size = {}, intermediate_size = {}, num_layers = {}, \
-                         num_heads = {} }}",
-                        m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads
-                    ),
-                    expected,
-                },
-                other => other.into(),
-            })?;
+            m.validate(f, vocab)?;
         }
         Ok(())
     }
-}
-
-/// FNV-1a over a stage's serialised inputs: the cache key.
-fn key_of(parts: &[String]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0u8)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
-fn json<T: Serialize>(t: &T) -> String {
-    serde_json::to_string(t).expect("serialisable")
 }
 
 /// What a finished study leaves behind (for the report and tests).
@@ -490,547 +402,278 @@ pub struct StudyOutput {
     pub online_dirs: BTreeMap<String, PathBuf>,
 }
 
-struct Ctx {
-    cfg: StudyConfig,
-    device: Device,
-    train_device: Device,
-    task: SyntheticTask,
-    tok: std::sync::Arc<Tokenizer>,
-    eos: u32,
-    pad: u32,
-    live: bool,
+/// The inputs every stage of the study shares: the synthetic task's tokenizer, its texts
+/// tokenised as they are written (the references carry their own `<eos>`).
+fn inputs(policy: &str, data: &str) -> StageInputs {
+    StageInputs {
+        policy: policy.into(),
+        reference: None,
+        reward_model: None,
+        init: None,
+        judge: None,
+        tokenizer: Some("synthetic".into()),
+        chat_template: None,
+        data: data.into(),
+        eval_data: None,
+        eval_fraction: None,
+        tokenize: TokenizeConfig {
+            max_prompt_len: ModelSize::CONTEXT,
+            max_completion_len: ModelSize::CONTEXT,
+            append_eos: false,
+            add_special_tokens: false,
+        },
+        seed: None,
+        init_seed: None,
+        model: None,
+        checkpoint_every: None,
+    }
 }
 
-impl Ctx {
-    /// Stage folders live in `<out_dir>/cache/`, shared by every run under `out_dir`: a
-    /// stage with the same inputs is never trained twice, whichever study asks for it.
-    fn stage_dir(&self, stage: &str, key: &str) -> PathBuf {
-        self.cfg
-            .out_dir
-            .join("cache")
-            .join(format!("{stage}-{key}"))
+fn stage(name: &str, inputs: StageInputs, config: StageConfig) -> StageSpec {
+    StageSpec {
+        name: name.into(),
+        inputs,
+        config,
     }
+}
 
-    /// Checkpoints every `checkpoint_every` steps (default: every tenth of the stage).
-    fn opts(&self, dir: PathBuf, steps: usize) -> RunOptions {
-        let every = match self.cfg.checkpoint_every {
-            0 => (steps / 10).max(1),
-            n => n,
+impl StudyConfig {
+    /// The study's stages as a pipeline: `data` (the synthetic task's files), `sft`, `pairs`,
+    /// `reward_pretrain` (unless skipped), `reward`, `dpo`, `simpo`, one `evaluate` stage per
+    /// offline policy (`eval-sft`, `eval-dpo`, `eval-simpo`) and one online stage per arm and
+    /// learning rate (`<arm>@lr<lr>`). Seeds derive from `seed` (see
+    /// [`crate::pipeline::scratch`]).
+    pub fn to_pipeline(&self) -> PipelineSpec {
+        let d = &self.data;
+        let every = (self.checkpoint_every > 0).then_some(self.checkpoint_every);
+        let with = |mut i: StageInputs| {
+            i.checkpoint_every = every;
+            i
         };
-        RunOptions {
-            dir,
-            checkpoint_every: every,
-            resume: true,
-            stop_after: None,
-            live: self.live,
+        let mut stages = vec![stage(
+            "data",
+            StageInputs {
+                tokenizer: None,
+                tokenize: TokenizeConfig::default(),
+                ..inputs("", "")
+            },
+            StageConfig::Synthetic(SyntheticDataConfig {
+                sft_examples: d.sft_examples,
+                pairs: d.pairs,
+                online_prompts: d.online_prompts,
+                eval_prompts: d.eval_prompts,
+            }),
+        )];
+        let mut sft = with(inputs("init", "stage:data/sft.jsonl"));
+        sft.model = Some(self.policy.clone());
+        sft.eval_data = Some("stage:data/sft_eval.jsonl".into());
+        stages.push(stage("sft", sft, StageConfig::Sft(self.sft.clone())));
+        let mut pairs = inputs("stage:sft", "stage:data/pair_prompts.jsonl");
+        pairs.judge = Some("synthetic".into());
+        stages.push(stage(
+            "pairs",
+            pairs,
+            StageConfig::Pairs(PairsConfig {
+                temperatures: d.pair_temperatures,
+                max_new_tokens: self.online.max_new_tokens,
+                label_temperature: self.task.label_temperature,
+                drop_ties: d.drop_gold_ties,
+            }),
+        ));
+        let backbone = if self.reward_from_sft {
+            "stage:sft"
+        } else if self.reward_pretrain.steps > 0 {
+            // Language-model pre-training of the (smaller) backbone on the SFT data.
+            let mut lm = with(inputs("init", "stage:data/sft.jsonl"));
+            lm.model = Some(self.reward_model.clone());
+            lm.eval_fraction = Some(0.0);
+            lm.seed = Some(SeedSpec::Derived([4, 2]));
+            lm.init_seed = Some(SeedSpec::Derived([4, 1]));
+            let cfg = StageConfig::Sft(self.reward_pretrain.clone());
+            stages.push(stage("reward_pretrain", lm, cfg));
+            "stage:reward_pretrain"
+        } else {
+            "init"
+        };
+        let mut rm = with(inputs(backbone, "stage:pairs/pairs.jsonl"));
+        rm.init = Some("policy".into());
+        if backbone == "init" {
+            rm.model = Some(self.reward_model.clone());
+        }
+        stages.push(stage(
+            "reward",
+            rm,
+            StageConfig::Reward(self.reward.clone()),
+        ));
+        for (name, cfg) in [("dpo", &self.dpo), ("simpo", &self.simpo)] {
+            let mut i = with(inputs("stage:sft", "stage:pairs/pairs.jsonl"));
+            i.eval_fraction = Some(self.reward.eval_fraction);
+            stages.push(stage(name, i, StageConfig::Offline(cfg.clone())));
+        }
+        let online = |policy: &str| {
+            let mut i = with(inputs(policy, "stage:data/online.jsonl"));
+            i.reference = Some("stage:sft".into());
+            i.reward_model = Some("stage:reward".into());
+            i.judge = Some("synthetic".into());
+            i.eval_data = Some("stage:data/eval.jsonl".into());
+            i
+        };
+        for name in ["sft", "dpo", "simpo"] {
+            let cfg = StageConfig::Evaluate(self.online.clone());
+            stages.push(stage(
+                &format!("eval-{name}"),
+                online(&format!("stage:{name}")),
+                cfg,
+            ));
+        }
+        for lr in &self.learning_rates {
+            for arm in &self.arms {
+                let mut cfg = self.online.clone();
+                cfg.regularizer = arm.regularizer;
+                cfg.optim.lr = *lr;
+                let name = format!("{}@lr{lr:e}", arm.name);
+                stages.push(stage(&name, online("stage:sft"), StageConfig::Online(cfg)));
+            }
+        }
+        PipelineSpec {
+            name: self.name.clone(),
+            out: self.out_dir.join(&self.name),
+            seed: self.seed,
+            task: self.task.clone(),
+            stages,
+            source: PathBuf::from("<built-in study>"),
         }
     }
-
-    /// Whether the stage `stage` of `steps` steps in `dir` is finished and intact (its files
-    /// match its manifest); a damaged one is cleared so that it trains again.
-    fn cached(&self, dir: &Path, stage: &str, steps: usize) -> Result<bool, TrainError> {
-        rlhf_model::recover_folder(&dir.join("checkpoint"))?;
-        Ok(manifest::usable(dir, stage, steps)? && checkpoint_complete(dir, steps))
-    }
-
-    /// Runs (or resumes) `t` in `dir` and records the finished stage's manifest.
-    fn train(
-        &self,
-        t: &mut dyn Stage,
-        dir: &Path,
-        stage: &str,
-        steps: usize,
-    ) -> Result<(), TrainError> {
-        run_stage(t, &self.opts(dir.to_path_buf(), steps))?;
-        manifest::write(dir, stage, steps)
-    }
-
-    fn encode(&self, text: &str) -> Result<Vec<u32>, TrainError> {
-        Ok(self.tok.encode(text, false)?)
-    }
-
-    fn decode_fn(&self) -> crate::online::Decoder {
-        let tok = self.tok.clone();
-        Box::new(move |ids: &[u32]| tok.decode(ids, false).unwrap_or_default())
-    }
-
-    /// SFT examples of `examples`: the prompt, and the completion `completion` picks.
-    fn sft_examples(
-        &self,
-        examples: &[rlhf_data::Example],
-        completion: impl Fn(&rlhf_data::Example) -> &String,
-    ) -> Result<Vec<SftExample>, TrainError> {
-        examples
-            .iter()
-            .map(|e| {
-                Ok(SftExample {
-                    prompt: self.encode(&e.prompt)?,
-                    completion: self.encode(completion(e))?,
-                })
-            })
-            .collect()
-    }
-
-    fn prompts(&self, examples: &[rlhf_data::Example]) -> Result<Vec<OnlinePrompt>, TrainError> {
-        examples
-            .iter()
-            .map(|e| {
-                Ok(OnlinePrompt {
-                    ids: self.encode(&e.prompt)?,
-                    text: e.prompt.clone(),
-                    reference: e.reference.clone(),
-                })
-            })
-            .collect()
-    }
 }
 
-/// Runs the study (reusing cached stages) and writes the report.
+/// Runs the study's pipeline (stages already complete are verified and skipped) and writes
+/// the report.
 pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError> {
     cfg.validate()?;
-    let t_start = Instant::now();
-    let root = cfg.out_dir.join(&cfg.name);
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let cfg_path = root.join("config.toml");
-    std::fs::write(&cfg_path, crate::config::to_toml(&cfg)).map_err(io(&cfg_path))?;
-    let device = rlhf_backend::device(cfg.backend).map_err(|e| TrainError::Mismatch {
-        what: e.to_string(),
-    })?;
-    let train_device = device.clone().autodiff();
-    let task = SyntheticTask::new(cfg.task.clone())?;
-    let tok = std::sync::Arc::new(task.tokenizer());
-    let eos = tok.eos_id().ok_or_else(|| TrainError::Mismatch {
-        what: "the task tokenizer has no EOS".into(),
-    })?;
-    let pad = tok.pad_id().unwrap_or(0);
-    let ctx = Ctx {
-        cfg,
-        device,
-        train_device,
-        task,
-        tok,
-        eos,
-        pad,
+    let spec = cfg.to_pipeline();
+    let opts = TrainOptions {
+        backend: cfg.backend,
         live,
+        stop_after: None,
+        only: None,
     };
-    let cfg = &ctx.cfg;
-    let vocab = ctx.tok.vocab_size();
-    let say = |s: &str| {
-        eprintln!("[study {:>6.1}s] {s}", t_start.elapsed().as_secs_f64());
-    };
-
-    // ---- Data.
-    let sft_ex = ctx
-        .task
-        .train_prompts(cfg.data.sft_examples + cfg.data.pairs + cfg.data.online_prompts);
-    let (sft_part, rest) = sft_ex.split_at(cfg.data.sft_examples.min(sft_ex.len()));
-    let (pair_part, online_part) = rest.split_at(cfg.data.pairs.min(rest.len()));
-    let eval_ex = ctx.task.eval_prompts(cfg.data.eval_prompts);
-    let sft_data = ctx.sft_examples(sft_part, |e| &e.reference)?;
-    let eval_prompts = ctx.prompts(&eval_ex)?;
-    let held_out_sft = ctx.sft_examples(&eval_ex, |e| &e.perfect)?;
-
-    // ---- SFT.
-    let pcfg = cfg.policy.config(vocab, ctx.eos, ctx.pad);
-    let base_key = key_of(&[json(&cfg.task), json(&cfg.policy), cfg.seed.to_string()]);
-    let sft_key = key_of(&[
-        base_key.clone(),
-        json(&cfg.sft),
-        json(&cfg.data.sft_examples),
-    ]);
-    let sft_dir = ctx.stage_dir("sft", &sft_key);
-    let sft_model = if ctx.cached(&sft_dir, "sft", cfg.sft.steps)? {
-        say("sft: cached");
-        Checkpoint::open(&sft_dir.join("checkpoint/model"))?.causal_lm(&ctx.train_device)?
-    } else {
-        say("sft: training");
-        let init = init_weights(&pcfg, HeadKind::CausalLm, cfg.seed, cfg.policy.init_std);
-        let m = causal_lm_from_map(
-            &pcfg,
-            &init,
-            Path::new("<init>"),
-            &ctx.train_device,
-            Strictness::Strict,
-        )?;
-        let mut t = SftTrainer::new(
-            cfg.sft.clone(),
-            m,
-            sft_data.clone(),
-            held_out_sft,
-            ctx.pad,
-            mix(cfg.seed, 1, 0),
-        )?;
-        ctx.train(&mut t, &sft_dir, "sft", cfg.sft.steps)?;
-        t.into_model()
-    };
-    let sft_plain = sft_model.valid();
-
-    // ---- Preference pairs: two SFT samples per prompt, labelled by Bradley–Terry draws from
-    // the gold score (Coste et al. 2023).
-    let pairs_key = key_of(&[
-        sft_key.clone(),
-        json(&cfg.data.pairs),
-        json(&cfg.data.pair_temperatures),
-        json(&cfg.data.drop_gold_ties),
-        json(&cfg.online.max_new_tokens),
-        json(&cfg.task.label_temperature),
-    ]);
-    let pairs_dir = ctx.stage_dir("pairs", &pairs_key);
-    let pairs_file = pairs_dir.join("pairs.jsonl");
-    let gold = ctx.task.gold();
-    // The manifest's step count is the number of pairs asked for.
-    let pairs: Vec<PairExample> =
-        if manifest::usable(&pairs_dir, "pairs", cfg.data.pairs)? && pairs_file.exists() {
-            say("pairs: cached");
-            read_pairs(&pairs_file)?
-        } else {
-            say("pairs: sampling and gold-labelling");
-            let prompts = ctx.prompts(pair_part)?;
-            let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-            // samples[2i] and samples[2i + 1] are the two responses to prompt i, drawn at the two
-            // pair temperatures from separate seeded streams.
-            let mut samples = Vec::new();
-            for (ci, chunk) in ids.chunks(64).enumerate() {
-                let mut sides = Vec::with_capacity(2);
-                for (side, &temperature) in cfg.data.pair_temperatures.iter().enumerate() {
-                    let generation = GenerationConfig {
-                        sampling: Sampling::temperature(temperature),
-                        max_new_tokens: cfg.online.max_new_tokens,
-                        stop_token_ids: vec![ctx.eos],
-                        samples_per_prompt: 1,
-                        seed: mix(cfg.seed, 2, (ci * 2 + side) as u64),
-                    };
-                    let mut s = rlhf_rollout::try_generate(&sft_plain, chunk, &generation)
-                        .map_err(|e| TrainError::Mismatch {
-                            what: format!("pairs: sampling from the SFT policy: {e}"),
-                        })?;
-                    s.sort_by_key(|x| x.prompt_index);
-                    sides.push(s);
-                }
-                let second = sides.pop().expect("two sides");
-                let first = sides.pop().expect("two sides");
-                for (mut a, mut b) in first.into_iter().zip(second) {
-                    a.prompt_index += ci * 64;
-                    b.prompt_index += ci * 64;
-                    samples.push(a);
-                    samples.push(b);
-                }
-            }
-            let decode = ctx.decode_fn();
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, 3, 0));
-            let mut out = Vec::new();
-            let (mut ceiling, mut agree) = (0.0f64, 0.0f64);
-            for pair in samples.chunks(2) {
-                let p = &prompts[pair[0].prompt_index];
-                let (a, b) = (&pair[0].response_ids, &pair[1].response_ids);
-                if a == b {
-                    continue; // identical samples carry no preference
-                }
-                let ga = gold.score(&p.text, &decode(a)).total;
-                let gb = gold.score(&p.text, &decode(b)).total;
-                if cfg.data.drop_gold_ties && (ga - gb).abs() < rlhf_data::gold::TIE_EPS {
-                    continue;
-                }
-                let a_wins =
-                    rlhf_data::bradley_terry_label(ga, gb, cfg.task.label_temperature, &mut rng);
-                let p_a =
-                    rlhf_data::bradley_terry_probability(ga, gb, cfg.task.label_temperature) as f64;
-                ceiling += p_a.max(1.0 - p_a);
-                agree += if (a_wins && ga > gb) || (!a_wins && gb > ga) {
-                    1.0
-                } else {
-                    0.0
-                };
-                let (c, r) = if a_wins { (a, b) } else { (b, a) };
-                out.push(PairExample {
-                    prompt: p.ids.clone(),
-                    chosen: c.clone(),
-                    rejected: r.clone(),
-                });
-            }
-            std::fs::create_dir_all(&pairs_dir).map_err(io(&pairs_dir))?;
-            let n = out.len().max(1) as f64;
-            let stats = serde_json::json!({
-                "pairs": out.len(),
-                "label_agrees_with_gold": agree / n,
-                "bayes_accuracy_ceiling": ceiling / n,
-            });
-            let sp = pairs_dir.join("stats.json");
-            std::fs::write(&sp, stats.to_string()).map_err(io(&sp))?;
-            write_pairs(&pairs_file, &out)?;
-            manifest::write(&pairs_dir, "pairs", cfg.data.pairs)?;
-            out
-        };
-    say(&format!("pairs: {} labelled pairs", pairs.len()));
-
-    // ---- Proxy reward model (smaller, from scratch, finite data).
-    let rcfg = if cfg.reward_from_sft {
-        pcfg.clone()
-    } else {
-        cfg.reward_model.config(vocab, ctx.eos, ctx.pad)
-    };
-    let rm_key = key_of(&[
-        pairs_key.clone(),
-        json(&cfg.reward_model),
-        json(&cfg.reward_from_sft),
-        json(&cfg.reward_pretrain),
-        json(&cfg.reward),
-    ]);
-    let rm_dir = ctx.stage_dir("reward", &rm_key);
-    let n_eval = ((pairs.len() as f64) * cfg.reward.eval_fraction).round() as usize;
-    let held_pairs = pairs[pairs.len() - n_eval..].to_vec();
-    let rm = if ctx.cached(&rm_dir, "reward", cfg.reward.steps)? {
-        say("reward model: cached");
-        Checkpoint::open(&rm_dir.join("checkpoint/model"))?.reward_model(&ctx.device, 0)?
-    } else {
-        let mut init = init_weights(
-            &rcfg,
-            HeadKind::Score,
-            mix(cfg.seed, 4, 0),
-            cfg.reward_model.init_std,
-        );
-        if cfg.reward_from_sft {
-            let score = init.remove("score.weight");
-            init = sft_plain.to_weight_map();
-            init.remove("lm_head.weight");
-            if let Some(s) = score {
-                init.insert("score.weight".into(), s);
-            }
-        } else if cfg.reward_pretrain.steps > 0 {
-            // Language-model pre-training of the (smaller) backbone on the SFT data.
-            let key = key_of(&[
-                base_key.clone(),
-                json(&cfg.reward_model),
-                json(&cfg.reward_pretrain),
-                json(&cfg.data.sft_examples),
-            ]);
-            let dir = ctx.stage_dir("reward_pretrain", &key);
-            let lm = if ctx.cached(&dir, "reward_pretrain", cfg.reward_pretrain.steps)? {
-                say("reward model pre-training: cached");
-                Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
-            } else {
-                say("reward model pre-training: language modelling on the SFT data");
-                let mut lcfg = rcfg.clone();
-                lcfg.tie_word_embeddings = false;
-                let lm_init = init_weights(
-                    &lcfg,
-                    HeadKind::CausalLm,
-                    mix(cfg.seed, 4, 1),
-                    cfg.reward_model.init_std,
-                );
-                let m = causal_lm_from_map(
-                    &lcfg,
-                    &lm_init,
-                    Path::new("<init>"),
-                    &ctx.train_device,
-                    Strictness::Strict,
-                )?;
-                let mut t = SftTrainer::new(
-                    cfg.reward_pretrain.clone(),
-                    m,
-                    sft_data.clone(),
-                    Vec::new(),
-                    ctx.pad,
-                    mix(cfg.seed, 4, 2),
-                )?;
-                ctx.train(&mut t, &dir, "reward_pretrain", cfg.reward_pretrain.steps)?;
-                t.into_model().valid()
-            };
-            let score = init.remove("score.weight");
-            init = lm.to_weight_map();
-            init.remove("lm_head.weight");
-            if let Some(s) = score {
-                init.insert("score.weight".into(), s);
-            }
-        }
-        say("reward model: training");
-        let m = reward_model_from_map(&rcfg, &init, Path::new("<init>"), &ctx.train_device, 0)?;
-        let mut t = RewardTrainer::new(
-            cfg.reward.clone(),
-            m,
-            pairs.clone(),
-            ctx.pad,
-            mix(cfg.seed, 5, 0),
-        )?;
-        ctx.train(&mut t, &rm_dir, "reward", cfg.reward.steps)?;
-        t.into_model().valid()
-    };
-    let (rm_accuracy, _) = RewardTrainer::accuracy(&rm, &held_pairs, ctx.pad, 64);
-    say(&format!(
-        "reward model: held-out pair accuracy {:.1}%",
-        rm_accuracy * 100.0
-    ));
-
-    // ---- Offline DPO and SimPO from SFT on the pairs (training split of the RM's pairs).
-    let train_pairs = pairs[..pairs.len() - n_eval].to_vec();
-    let mut offline_models: Vec<(String, CausalLm)> = vec![("sft".into(), sft_plain.clone())];
-    for (name, ocfg) in [("dpo", &cfg.dpo), ("simpo", &cfg.simpo)] {
-        let key = key_of(&[pairs_key.clone(), json(ocfg)]);
-        let dir = ctx.stage_dir(name, &key);
-        let model = if ctx.cached(&dir, name, ocfg.steps)? {
-            say(&format!("{name}: cached"));
-            Checkpoint::open(&dir.join("checkpoint/model"))?.causal_lm(&ctx.device)?
-        } else {
-            say(&format!("{name}: training"));
-            let mut t = OfflineTrainer::new(
-                name,
-                ocfg.clone(),
-                sft_model.clone(),
-                &sft_plain,
-                train_pairs.clone(),
-                ctx.pad,
-                mix(cfg.seed, 6, 0),
-            )?;
-            ctx.train(&mut t, &dir, name, ocfg.steps)?;
-            t.into_model().valid()
-        };
-        offline_models.push((name.to_string(), model));
-    }
-
-    // ---- Evaluate SFT / DPO / SimPO on the held-out prompts, like the online arms.
-    let online_prompts = ctx.prompts(online_part)?;
-    let setup = |policy: CausalLm| OnlineSetup {
-        policy,
-        reference: sft_plain.clone(),
-        reward_model: rm.clone(),
-        gold: Some(Box::new(ctx.task.gold())),
-        decode: ctx.decode_fn(),
-        prompts: online_prompts.clone(),
-        eval_prompts: eval_prompts.clone(),
-        eos: ctx.eos,
-        pad: ctx.pad,
-        seed: mix(cfg.seed, 7, 0),
-    };
-    let mut offline = BTreeMap::new();
-    for (name, model) in &offline_models {
-        let mut t = OnlineTrainer::new(name, cfg.online.clone(), setup(model.clone()))?;
-        let samples = root.join(format!("samples-{name}.jsonl"));
-        if samples.exists() {
-            std::fs::remove_file(&samples).map_err(io(&samples))?;
-        }
-        t.log_samples_to(&samples)?;
-        let m = t.evaluate(0)?.unwrap_or_default();
-        say(&format!(
-            "{name}: gold {:.3}, win rate {:.3}, proxy {:.3}",
-            m.get("eval/gold/score").unwrap_or(f64::NAN),
-            m.get("eval/gold/win_rate").unwrap_or(f64::NAN),
-            m.get("eval/objective/scores").unwrap_or(f64::NAN)
-        ));
-        offline.insert(name.clone(), m.0);
-    }
-
-    // ---- Online arms × learning rates.
-    let mut online_dirs = BTreeMap::new();
-    for lr in &cfg.learning_rates {
-        for arm in &cfg.arms {
-            let mut ocfg = cfg.online.clone();
-            ocfg.regularizer = arm.regularizer;
-            ocfg.optim.lr = *lr;
-            let key = key_of(&[
-                rm_key.clone(),
-                sft_key.clone(),
-                json(&ocfg),
-                json(&cfg.data.online_prompts),
-                json(&cfg.data.eval_prompts),
-            ]);
-            let label = format!("{}@lr{lr:e}", arm.name);
-            let dir = ctx.stage_dir(&format!("online-{}-lr{lr:e}", arm.name), &key);
-            let stage = format!("online/{label}");
-            let steps = ocfg.steps;
-            if ctx.cached(&dir, &stage, steps)? {
-                say(&format!("online {label}: cached"));
-            } else {
-                say(&format!("online {label}: training"));
-                let mut t = OnlineTrainer::new(&stage, ocfg, setup(sft_model.clone()))?;
-                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-                let samples = dir.join("samples.jsonl");
-                t.log_samples_to(&samples)?;
-                run_stage(&mut t, &ctx.opts(dir.clone(), steps))?;
-                drop(t); // closes samples.jsonl before its hash is taken
-                manifest::write(&dir, &stage, steps)?;
-            }
-            online_dirs.insert(label, dir);
-        }
-    }
-
-    // ---- Report.
-    let theory = rlhf_objectives::theory::run(cfg.seed);
-    let report = report::write_report(&report::ReportInput {
-        root: &root,
-        cfg,
-        rm_accuracy,
-        offline: &offline,
-        online_dirs: &online_dirs,
-        theory: &theory.to_string(),
-        elapsed_s: t_start.elapsed().as_secs_f64(),
-        pairs: pairs.len(),
-    })?;
-    say(&format!("report: {}", report.display()));
+    let out = run_pipeline(&spec, &opts)?;
+    let comparison = crate::report::comparison(&spec)?;
     Ok(StudyOutput {
-        root,
-        report,
-        rm_accuracy,
-        offline,
-        online_dirs,
+        root: out.out,
+        report: out.report,
+        rm_accuracy: comparison.rm_accuracy.unwrap_or(f64::NAN),
+        online_dirs: comparison.online_dirs(),
+        offline: comparison.offline,
     })
 }
 
-fn write_pairs(path: &Path, pairs: &[PairExample]) -> Result<(), TrainError> {
-    let mut text = String::new();
-    for p in pairs {
-        text.push_str(
-            &serde_json::json!({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
-                .to_string(),
-        );
-        text.push('\n');
+/// Checks a finished study's report contents: every arm and learning rate present with finite
+/// numbers, and every offline preference arm (DPO, SimPO) above SFT on gold win rate.
+/// Returns the list of failed checks (empty when all hold).
+pub fn check_study(out: &StudyOutput, cfg: &StudyConfig) -> Result<Vec<String>, TrainError> {
+    let mut failed = Vec::new();
+    let report = std::fs::read_to_string(&out.report).map_err(io(&out.report))?;
+    let curves = load_curves(&runs_of(&out.online_dirs))?;
+    for lr in &cfg.learning_rates {
+        for arm in &cfg.arms {
+            let label = format!("{}@lr{lr:e}", arm.name);
+            match curves.iter().find(|c| c.label == label) {
+                None => failed.push(format!("online run {label} is missing")),
+                Some(c) => {
+                    if !report.contains(&format!("| {label} |")) {
+                        failed.push(format!("{label} is not in the report's summary table"));
+                    }
+                    for key in [
+                        "eval/gold/score",
+                        "eval/gold/win_rate",
+                        "eval/objective/scores",
+                        "eval/objective/kl",
+                        "eval/objective/kl_exact",
+                        "eval/policy/entropy_avg",
+                    ] {
+                        if c.points.is_empty() || c.series(key).iter().any(|(_, v)| !v.is_finite())
+                        {
+                            failed.push(format!("{label}: {key} is missing or not finite"));
+                        }
+                    }
+                }
+            }
+        }
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
-fn read_pairs(path: &Path) -> Result<Vec<PairExample>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let ids = |v: &Value, line: usize, f: &str| -> Result<Vec<u32>, TrainError> {
-        v.get(f)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|x| x as u32)
-                    .collect()
-            })
-            .ok_or_else(|| TrainError::Format {
-                path: path.into(),
-                what: format!("line {line}: field `{f}`: expected a list of token ids"),
-            })
+    let win = |n: &str| {
+        out.offline
+            .get(n)
+            .and_then(|m| m.get("eval/gold/win_rate"))
+            .copied()
+            .unwrap_or(f64::NAN)
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let v: Value = serde_json::from_str(l).map_err(|e| TrainError::Format {
-                path: path.into(),
-                what: format!("line {}: {e}", i + 1),
-            })?;
-            Ok(PairExample {
-                prompt: ids(&v, i + 1, "prompt")?,
-                chosen: ids(&v, i + 1, "chosen")?,
-                rejected: ids(&v, i + 1, "rejected")?,
-            })
-        })
-        .collect()
+    for n in ["dpo", "simpo"] {
+        let beats = win(n) > win("sft");
+        if !beats {
+            failed.push(format!(
+                "{n} gold win rate {:.3} does not beat SFT's {:.3}",
+                win(n),
+                win("sft")
+            ));
+        }
+    }
+    if !out.rm_accuracy.is_finite() {
+        failed.push("reward-model accuracy is not finite".into());
+    }
+    Ok(failed)
 }
 
-/// Evaluation lines (`eval/*` keys) of a stage's metrics, by step.
-pub fn eval_series(dir: &Path) -> Result<Vec<(usize, Map<String, Value>)>, TrainError> {
-    let rows = read_metrics(&dir.join("metrics.jsonl"))?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| r.keys().any(|k| k.starts_with("eval/")))
-        .map(|r| {
-            let step = r.get("step").and_then(Value::as_u64).unwrap_or(0) as usize;
-            (step, r)
-        })
-        .collect())
+/// One comparison report over several finished studies (seeds): mean and spread of each run's
+/// final and peak gold score, final win rate and final KL.
+pub fn write_sweep_report(outs: &[(u64, StudyOutput)], path: &Path) -> Result<(), TrainError> {
+    let mut table: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for (_, o) in outs {
+        for c in load_curves(&runs_of(&o.online_dirs))? {
+            table.entry(c.label.clone()).or_default().push([
+                c.peak("eval/gold/score").1,
+                c.last("eval/gold/score"),
+                c.last("eval/gold/win_rate"),
+                c.last("eval/objective/kl_exact"),
+            ]);
+        }
+        for (name, m) in &o.offline {
+            let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+            table.entry(format!("{name} (offline)")).or_default().push([
+                g("eval/gold/score"),
+                g("eval/gold/score"),
+                g("eval/gold/win_rate"),
+                g("eval/objective/kl_exact"),
+            ]);
+        }
+    }
+    let ms = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        format!("{m:.3} ± {sd:.3}")
+    };
+    let mut md = format!(
+        "# Sweep over seeds {:?}\n\nMean ± standard deviation over seeds; each seed's full report is linked below.\n\n| run | peak gold | final gold | final win rate | final KL exact |\n|---|---|---|---|---|\n",
+        outs.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    for (label, rows) in &table {
+        let col = |i: usize| ms(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
+    }
+    md.push('\n');
+    for (s, o) in outs {
+        let _ = writeln!(md, "* seed {s}: {}", o.report.display());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::write(path, md).map_err(io(path))
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use burn::prelude::Device;
 use rlhf_data::{
-    ChatMessage, ChatTemplate, DataError, PreferenceRecord, PromptRecord, SftRecord, Tokenizer,
-    default_chat_template, read_jsonl,
+    ChatMessage, ChatTemplate, DataError, PreferenceRecord, PromptRecord, SftRecord, SyntheticTask,
+    Tokenizer, default_chat_template, read_jsonl,
 };
-use rlhf_model::{CausalLm, Checkpoint, RewardModel, reward_model_from_map};
+use rlhf_model::{CausalLm, Checkpoint, ModelConfig, RewardModel, reward_model_from_map};
 
+use super::scratch::new_score_head;
 use super::spec::{PipelineSpec, StageSpec, stage_ref};
 use crate::error::TrainError;
 use crate::online::OnlinePrompt;
@@ -65,14 +66,36 @@ fn open(
     Checkpoint::open(&path).map_err(|e| bad(st, field, e))
 }
 
-/// The causal LM of `field` (`policy` or `reference`) on `device`.
+/// The config of the model stage `st` draws from scratch (`policy = "init"`) for `text`'s
+/// tokenizer.
+pub fn scratch_config(st: &StageSpec, text: &TextAssets) -> Result<ModelConfig, TrainError> {
+    let size = st.inputs.model.as_ref().ok_or_else(|| {
+        bad(
+            st,
+            "model",
+            "missing: policy = \"init\" needs the model's size",
+        )
+    })?;
+    let vocab = text.tok.vocab_size();
+    size.validate(&format!("stages.{}.model", st.name), vocab)?;
+    Ok(size.config(vocab, text.eos(st)?, text.pad(st)?))
+}
+
+/// The causal LM of `field` (`policy` or `reference`) on `device`; `"init"` draws it from
+/// scratch.
 pub fn causal_lm(
     spec: &PipelineSpec,
     st: &StageSpec,
     field: &str,
     value: &str,
+    text: &TextAssets,
     device: &Device,
 ) -> Result<CausalLm, TrainError> {
+    if value == "init" {
+        let cfg = scratch_config(st, text)?;
+        let size = st.inputs.model.as_ref().expect("checked by scratch_config");
+        return size.causal_lm(&cfg, st.init_seed(spec.seed), device);
+    }
     let ckpt = open(spec, st, field, value)?;
     if ckpt.weights.contains_key("score.weight") {
         return Err(bad(
@@ -111,18 +134,27 @@ pub fn reward_model(
     ckpt.reward_model(device, 0).map_err(|e| bad(st, field, e))
 }
 
-/// A new reward model on the policy's backbone (`init = "policy"`), its score head drawn with
-/// `seed`.
+/// A new reward model on the policy's backbone (`init = "policy"`; `policy = "init"` draws the
+/// whole model from scratch), its score head drawn with the stage's `init_seed`.
 pub fn reward_from_policy(
     spec: &PipelineSpec,
     st: &StageSpec,
+    text: &TextAssets,
     device: &Device,
-    seed: u64,
 ) -> Result<RewardModel, TrainError> {
+    let seed = st.init_seed(spec.seed);
+    if st.inputs.policy == "init" {
+        let cfg = scratch_config(st, text)?;
+        let size = st.inputs.model.as_ref().expect("checked by scratch_config");
+        return size.reward_model(&cfg, seed, device);
+    }
     let ckpt = open(spec, st, "policy", &st.inputs.policy)?;
     let mut map = ckpt.weights.clone();
     map.remove("lm_head.weight");
     map.remove("score.weight");
+    if let Some(head) = new_score_head(&ckpt.config, seed) {
+        map.insert("score.weight".into(), head);
+    }
     reward_model_from_map(&ckpt.config, &map, &ckpt.path, device, seed)
         .map_err(|e| bad(st, "policy", e))
 }
@@ -236,7 +268,8 @@ pub fn text_assets(spec: &PipelineSpec, i: usize) -> Result<TextAssets, TrainErr
     let path = PathBuf::from(&root.inputs.policy);
     let tok_at = chain.iter().find(|s| s.inputs.tokenizer.is_some());
     let tmpl_at = chain.iter().find(|s| {
-        s.inputs.chat_template.is_some() || s.inputs.tokenizer.as_deref() == Some("synthetic")
+        s.inputs.chat_template.is_some()
+            || matches!(s.inputs.tokenizer.as_deref(), Some("synthetic" | "bytes"))
     });
     let gguf = if (tok_at.is_none() || tmpl_at.is_none()) && is_gguf(&path) {
         let file = rlhf_model::gguf::GgufFile::open(&path).map_err(|e| bad(root, "policy", e))?;
@@ -248,7 +281,8 @@ pub fn text_assets(spec: &PipelineSpec, i: usize) -> Result<TextAssets, TrainErr
     let gguf_template = gguf.as_ref().and_then(|p| p.chat_template.clone());
     let tok = match (tok_at, gguf) {
         (Some(st), _) => match st.inputs.tokenizer.as_deref() {
-            Some("synthetic") => Tokenizer::bytes(),
+            Some("synthetic") => SyntheticTask::new(spec.task.clone())?.tokenizer(),
+            Some("bytes") => Tokenizer::bytes(),
             Some(p) => Tokenizer::from_file(Path::new(p)).map_err(|e| bad(st, "tokenizer", e))?,
             None => unreachable!("found by its tokenizer key"),
         },
@@ -259,8 +293,9 @@ pub fn text_assets(spec: &PipelineSpec, i: usize) -> Result<TextAssets, TrainErr
     let template = match tmpl_at {
         Some(st) => match &st.inputs.chat_template {
             Some(p) => Some(template_file(st, p, &tok)?),
-            None => None, // the byte tokenizer
+            None => None, // the built-in tokenizers: no template
         },
+        None if root.inputs.policy == "init" => None,
         None if is_gguf(&path) => match gguf_template {
             Some(src) => {
                 let origin = format!("{} (tokenizer.chat_template)", path.display());
@@ -443,12 +478,15 @@ pub fn pair_data(
     Ok((encode(&train)?, encode(&held)?, prompts))
 }
 
-/// Online prompts (train, held-out). With `need_references` every record must also carry a
-/// reference response (`completion`, or `chosen`), the judge's win-rate opponent.
+/// Prompts (train, held-out). With `need_references` every record must also carry a
+/// reference response (`completion`, or `chosen`), the judge's win-rate opponent. Without
+/// `eval_data` or `eval_fraction`, `default_fraction` of the prompts are held out (at least one
+/// when it is above 0).
 pub fn prompt_data(
     st: &StageSpec,
     text: &TextAssets,
     need_references: bool,
+    default_fraction: f64,
 ) -> Result<(Vec<OnlinePrompt>, Vec<OnlinePrompt>), TrainError> {
     let (train, eval) = read::<PromptRecord>(st)?;
     let refs = if need_references {
@@ -480,7 +518,11 @@ pub fn prompt_data(
         Some(e) => Some(build(e, ev, "eval_data")?),
         None => None,
     };
-    Ok(split(train, eval, fraction(st)?, 1))
+    let f = match st.inputs.eval_fraction {
+        Some(_) => fraction(st)?,
+        None => default_fraction,
+    };
+    Ok(split(train, eval, f, usize::from(default_fraction > 0.0)))
 }
 
 /// The reference responses of an online stage's data (`completion` or `chosen` of each line).

@@ -2,13 +2,17 @@
 //!
 //! [`spec`] reads the file, [`inputs`] turns its keys into models, tokenizer, template and data,
 //! [`run`] drives the stages (resume, skip, export) and [`report`] writes `report.md`;
-//! [`judge`] holds the held-out scorers.
+//! [`judge`] holds the held-out scorers; [`synthetic`], [`pairs`] and [`scratch`] serve the
+//! stages that write data, label pairs and draw models from scratch (the built-in study).
 
 pub mod inputs;
 pub mod judge;
+pub mod pairs;
 pub mod report;
 pub mod run;
+pub mod scratch;
 pub mod spec;
+pub mod synthetic;
 
 pub use run::{PipelineOutput, TrainOptions, run_pipeline};
 pub use spec::{PipelineSpec, StageInputs, StageSpec, load_pipeline, parse_pipeline};

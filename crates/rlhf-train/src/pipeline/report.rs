@@ -59,29 +59,45 @@ fn series(rows: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Writes `<out>/report.md` and its figures from the stages' `metrics.jsonl`.
-pub fn write_report(spec: &PipelineSpec) -> Result<PathBuf, TrainError> {
+/// Writes `<out>/report.md` and its figures from the stages' `metrics.jsonl`: the comparison
+/// of evaluated policies when there is one ([`crate::report`]), then every stage's curves.
+/// `elapsed_s` is this run's wall time.
+pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, TrainError> {
     let figs = spec.out.join("figures");
     std::fs::create_dir_all(&figs).map_err(io(&figs))?;
     let mut md = format!(
-        "# {}\n\nStages of `{}` (resolved config: `config.toml`; re-run it to continue or to \
-         check that nothing is left to do).\n\n",
+        "# {}\n\nStages of `{}`, seed {}, this run {elapsed_s:.0} s. The resolved config is \
+         `config.toml` next to this report: `rlhf train config.toml` runs it again (to continue, \
+         or to check that nothing is left to do).\n\n",
         spec.name,
-        spec.source.display()
+        spec.source.display(),
+        spec.seed
     );
+    let comp = crate::report::comparison(spec)?;
+    if !comp.is_empty() {
+        md.push_str(&crate::report::comparison_section(spec, &comp, &figs)?);
+        md.push_str("\n## Stages\n\n");
+    }
     for st in &spec.stages {
         let dir = spec.out.join(&st.name);
         let path = dir.join("metrics.jsonl");
-        md.push_str(&format!("## {} ({})\n\n", st.name, st.config.kind()));
+        md.push_str(&format!("### {} ({})\n\n", st.name, st.config.kind()));
         if !path.exists() {
+            if !st.config.makes_model() && dir.join(crate::manifest::FILE).is_file() {
+                md.push_str(&format!("Files in `{}`.\n\n", dir.display()));
+                continue;
+            }
             md.push_str("Not run yet.\n\n");
             continue;
         }
         let rows = read_metrics(&path)?;
-        md.push_str(&format!(
-            "Final model: `{}`.\n\n| metric | first | last |\n|---|---|---|\n",
-            dir.join("final").display()
-        ));
+        if st.config.makes_model() {
+            md.push_str(&format!(
+                "Final model: `{}`.\n\n",
+                dir.join("final").display()
+            ));
+        }
+        md.push_str("| metric | first | last |\n|---|---|---|\n");
         for (title, ylabel, keys) in PLOTS {
             let drawn: Vec<(String, Vec<(f64, f64)>)> = keys
                 .iter()

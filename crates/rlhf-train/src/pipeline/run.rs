@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use rlhf_backend::BackendKind;
-use rlhf_data::{GoldScorer, SyntheticConfig, SyntheticTask};
+use rlhf_data::{GoldScorer, SyntheticTask};
 use rlhf_model::{CausalLm, HeadKind, ModelConfig, ModelError, RewardModel, WeightMap};
 use sha2::{Digest, Sha256};
 
@@ -16,7 +16,7 @@ use super::inputs::{
 };
 use super::judge::{Judged, RewardJudge};
 use super::spec::{PipelineSpec, StageSpec};
-use crate::common::{check_weights_finite, mix, remove_path, write_atomically};
+use crate::common::{check_weights_finite, remove_path, write_atomically};
 use crate::config::StageConfig;
 use crate::error::{TrainError, io};
 use crate::offline::OfflineTrainer;
@@ -61,8 +61,10 @@ fn fingerprint(spec: &PipelineSpec, st: &StageSpec) -> Result<String, TrainError
         ..spec.clone()
     };
     let mut text = one.to_toml();
-    for p in std::iter::once(&st.inputs.data).chain(&st.inputs.eval_data) {
-        let bytes = std::fs::read(p).map_err(|e| TrainError::Mismatch {
+    let data = std::iter::once(&st.inputs.data).filter(|d| !d.is_empty());
+    for p in data.chain(&st.inputs.eval_data) {
+        let path = super::spec::data_path(spec, p);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::Mismatch {
             what: format!("stages.{}: data file {p}: {e}", st.name),
         })?;
         text.push_str(&format!("# sha256 {:x}  {p}\n", Sha256::digest(&bytes)));
@@ -78,7 +80,11 @@ fn claim(dir: &Path, identity: &str) -> Result<(), TrainError> {
         Ok(old) if old == identity => Ok(()),
         // A folder in which nothing was trained yet (its run failed before the first
         // checkpoint) is taken over by the new config.
-        Ok(_) if !dir.join("checkpoint").exists() => write_atomically(&p, identity),
+        // A stage that writes files (no checkpoint) runs again.
+        Ok(_) if !dir.join("checkpoint").exists() => {
+            remove_path(&dir.join(crate::manifest::FILE))?;
+            write_atomically(&p, identity)
+        }
         Ok(old) => {
             let diff = old
                 .lines()
@@ -98,9 +104,13 @@ fn claim(dir: &Path, identity: &str) -> Result<(), TrainError> {
     }
 }
 
-/// A stage is finished when its checkpoint is complete and its final folder exported.
-fn finished(dir: &Path, total: usize) -> bool {
-    dir.join("final/config.json").is_file() && checkpoint_complete(dir, total)
+/// A training stage is finished when its checkpoint is complete and its final folder
+/// exported; a stage that writes files, when it has written its manifest (its last act).
+fn finished(dir: &Path, st: &StageSpec) -> bool {
+    if !st.config.makes_model() {
+        return dir.join(crate::manifest::FILE).is_file();
+    }
+    dir.join("final/config.json").is_file() && checkpoint_complete(dir, st.config.steps())
 }
 
 /// Once a stage has exported `final/`, its checkpoint keeps only `progress.json`, the record
@@ -122,6 +132,7 @@ pub fn run_pipeline(
     spec: &PipelineSpec,
     opts: &TrainOptions,
 ) -> Result<PipelineOutput, TrainError> {
+    let started = std::time::Instant::now();
     let plain = rlhf_backend::device(opts.backend).map_err(|e| TrainError::Mismatch {
         what: e.to_string(),
     })?;
@@ -160,7 +171,7 @@ pub fn run_pipeline(
             let steps = dst.config.steps();
             // A stage checked or trained earlier in this run is not hashed again.
             let intact = verified.contains(dep) || crate::manifest::usable(&ddir, dep, steps)?;
-            if !(intact && finished(&ddir, steps)) {
+            if !(intact && finished(&ddir, dst)) {
                 return Err(TrainError::Mismatch {
                     what: format!(
                         "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
@@ -174,9 +185,7 @@ pub fn run_pipeline(
         claim(&dir, &fingerprint(spec, st)?)?;
         // A finished stage is skipped only when its files match its manifest; otherwise it
         // says why and trains again.
-        if crate::manifest::usable(&dir, &st.name, st.config.steps())?
-            && finished(&dir, st.config.steps())
-        {
+        if crate::manifest::usable(&dir, &st.name, st.config.steps())? && finished(&dir, st) {
             verified.insert(st.name.as_str());
             if opts.live {
                 eprintln!("[{}] complete, skipped", st.name);
@@ -187,8 +196,15 @@ pub fn run_pipeline(
             eprintln!("[{}] {} stage", st.name, st.config.kind());
         }
         run_one(spec, i, &plain, opts)?;
-        if finished(&dir, st.config.steps()) {
-            prune_checkpoint(&dir)?;
+        let done = if st.config.makes_model() {
+            finished(&dir, st)
+        } else {
+            true // a stage that writes files has written them all when it returns
+        };
+        if done {
+            if st.config.makes_model() {
+                prune_checkpoint(&dir)?;
+            }
             crate::manifest::write(&dir, &st.name, st.config.steps())?;
             verified.insert(st.name.as_str());
         }
@@ -200,7 +216,7 @@ pub fn run_pipeline(
             spec.out.display()
         );
     }
-    let report = super::report::write_report(spec)?;
+    let report = super::report::write_report(spec, started.elapsed().as_secs_f64())?;
     Ok(PipelineOutput {
         out: spec.out.clone(),
         report,
@@ -225,7 +241,7 @@ fn judge(
         return Ok(None);
     };
     if j == "synthetic" {
-        let task = SyntheticTask::new(SyntheticConfig::default())?;
+        let task = SyntheticTask::new(spec.task.clone())?;
         return Ok(Some(Box::new(task.gold())));
     }
     let rm = reward_model(spec, st, "judge", j, plain)?;
@@ -293,28 +309,31 @@ fn run_one(
     plain: &Device,
     opts: &TrainOptions,
 ) -> Result<(), TrainError> {
-    let st = &spec.stages[i];
+    let st = &spec.stages[i].with_data_paths(spec);
     let train = plain.clone().autodiff();
     let seed = st.seed(spec.seed);
     let ro = options(spec, st, opts);
     let fin = final_dir(spec, &st.name);
     let inp = &st.inputs;
     let max_new = inp.tokenize.max_completion_len.min(64);
+    if let StageConfig::Synthetic(cfg) = &st.config {
+        std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
+        return super::synthetic::write_data(&ro.dir, &spec.task, cfg);
+    }
+    // Data first: a bad line is reported before any model is loaded.
+    let text = text_assets(spec, i)?;
     match &st.config {
         StageConfig::Sft(cfg) => {
-            // Data first: a bad line is reported before any model is loaded.
-            let text = text_assets(spec, i)?;
             let (eos, pad) = (text.eos(st)?, text.pad(st)?);
             let (data, held, prompts) = sft_data(st, &text)?;
-            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            let model = causal_lm(spec, st, "policy", &inp.policy, &text, &train)?;
             check_vocab(spec, i, &text, model.config().vocab_size)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
-            let t = SftTrainer::new(cfg.clone(), model, data, held, pad, mix(seed, 1, 0))?;
+            let t = SftTrainer::new(cfg.clone(), model, data, held, pad, seed)?;
             let t = drive(t, j, &text, eos, max_new, &ro)?;
             export_causal(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Reward(cfg) => {
-            let text = text_assets(spec, i)?;
             let pad = text.pad(st)?;
             let (train_pairs, held, _) = pair_data(st, &text, cfg.eval_fraction)?;
             let model = match (&inp.reward_model, inp.init.as_deref()) {
@@ -329,7 +348,7 @@ fn run_one(
                 }
                 (Some(rm), None) => reward_model(spec, st, "reward_model", rm, &train)?,
                 (None, None) | (None, Some("policy")) => {
-                    reward_from_policy(spec, st, &train, mix(seed, 2, 0))?
+                    reward_from_policy(spec, st, &text, &train)?
                 }
                 (None, Some(other)) => {
                     return Err(TrainError::Mismatch {
@@ -343,70 +362,133 @@ fn run_one(
             cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
             let mut all = train_pairs;
             all.extend(held);
-            let mut t = RewardTrainer::new(cfg, model, all, pad, mix(seed, 3, 0))?;
+            let mut t = RewardTrainer::new(cfg, model, all, pad, seed)?;
             run_stage(&mut t, &ro)?;
             export_reward(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Offline(cfg) => {
-            let text = text_assets(spec, i)?;
             let (eos, pad) = (text.eos(st)?, text.pad(st)?);
             let (pairs, _, prompts) = pair_data(st, &text, fraction_or(st, 0.1))?;
-            let model = causal_lm(spec, st, "policy", &inp.policy, &train)?;
+            let model = causal_lm(spec, st, "policy", &inp.policy, &text, &train)?;
             check_vocab(spec, i, &text, model.config().vocab_size)?;
             let r = inp.reference.as_deref().unwrap_or(&inp.policy);
-            let reference = causal_lm(spec, st, "reference", r, plain)?;
+            let reference = causal_lm(spec, st, "reference", r, &text, plain)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
-            let t = OfflineTrainer::new(
-                &st.name,
-                cfg.clone(),
-                model,
-                &reference,
-                pairs,
-                pad,
-                mix(seed, 4, 0),
-            )?;
+            let t =
+                OfflineTrainer::new(&st.name, cfg.clone(), model, &reference, pairs, pad, seed)?;
             let t = drive(t, j, &text, eos, max_new, &ro)?;
             export_causal(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Online(cfg) => {
-            let text = text_assets(spec, i)?;
-            let (prompts, eval_prompts) = prompt_data(st, &text, inp.judge.is_some())?;
-            let policy = causal_lm(spec, st, "policy", &inp.policy, &train)?;
-            let r = inp.reference.as_deref().unwrap_or(&inp.policy);
-            let reference = causal_lm(spec, st, "reference", r, plain)?;
-            let Some(rm) = &inp.reward_model else {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "stages.{}.reward_model: missing; an online stage optimises against a \
-                         reward model (an HF *ForSequenceClassification folder or \
-                         \"stage:NAME\" of a reward stage)",
-                        st.name
-                    ),
-                });
-            };
-            let rm = reward_model(spec, st, "reward_model", rm, plain)?;
-            let v = policy.config().vocab_size;
-            check_vocab(spec, i, &text, v)?;
-            let gold = judge(spec, st, &text, v, plain)?;
-            let setup = OnlineSetup {
-                policy,
-                reference,
-                reward_model: rm,
-                gold,
-                decode: decoder(&text),
-                prompts,
-                eval_prompts,
-                eos: text.eos(st)?,
-                pad: text.pad(st)?,
-                seed: mix(seed, 5, 0),
-            };
+            let setup = online_setup(spec, i, st, &text, &train, plain, seed)?;
             let mut t = OnlineTrainer::new(&st.name, cfg.clone(), setup)?;
             std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
             t.log_samples_to(&ro.dir.join("samples.jsonl"))?;
             run_stage(&mut t, &ro)?;
             export_causal(&fin, &t.into_model().valid(), &text)
         }
+        StageConfig::Evaluate(cfg) => {
+            let setup = online_setup(spec, i, st, &text, plain, plain, seed)?;
+            evaluate(&st.name, cfg, setup, &ro.dir)
+        }
+        StageConfig::Pairs(cfg) => {
+            let (prompts, _) = prompt_data(st, &text, false, 0.0)?;
+            let policy = causal_lm(spec, st, "policy", &inp.policy, &text, plain)?;
+            let v = policy.config().vocab_size;
+            check_vocab(spec, i, &text, v)?;
+            let Some(j) = judge(spec, st, &text, v, plain)? else {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "stages.{}.judge: missing; a pairs stage labels its pairs with a judge \
+                         (a reward model, or \"synthetic\")",
+                        st.name
+                    ),
+                });
+            };
+            std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
+            let eos = text.eos(st)?;
+            let n = super::pairs::write_pairs(
+                &ro.dir,
+                &policy,
+                &prompts,
+                j.as_ref(),
+                &decoder(&text),
+                cfg,
+                eos,
+                seed,
+            )?;
+            if opts.live {
+                eprintln!("[{}] {n} labelled pairs", st.name);
+            }
+            Ok(())
+        }
+        StageConfig::Synthetic(_) => unreachable!("handled above"),
     }
+}
+
+/// The policy (on `policy_device`), reference, reward model, judge and prompts of an online or
+/// evaluate stage.
+fn online_setup(
+    spec: &PipelineSpec,
+    i: usize,
+    st: &StageSpec,
+    text: &TextAssets,
+    policy_device: &Device,
+    plain: &Device,
+    seed: u64,
+) -> Result<OnlineSetup, TrainError> {
+    let inp = &st.inputs;
+    let (prompts, eval_prompts) = prompt_data(st, text, inp.judge.is_some(), 0.1)?;
+    let policy = causal_lm(spec, st, "policy", &inp.policy, text, policy_device)?;
+    let r = inp.reference.as_deref().unwrap_or(&inp.policy);
+    let reference = causal_lm(spec, st, "reference", r, text, plain)?;
+    let Some(rm) = &inp.reward_model else {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "stages.{}.reward_model: missing; an {} stage scores responses with a reward \
+                 model (an HF *ForSequenceClassification folder or \"stage:NAME\" of a reward \
+                 stage)",
+                st.name,
+                st.config.kind()
+            ),
+        });
+    };
+    let rm = reward_model(spec, st, "reward_model", rm, plain)?;
+    let v = policy.config().vocab_size;
+    check_vocab(spec, i, text, v)?;
+    let gold = judge(spec, st, text, v, plain)?;
+    Ok(OnlineSetup {
+        policy,
+        reference,
+        reward_model: rm,
+        gold,
+        decode: decoder(text),
+        prompts,
+        eval_prompts,
+        eos: text.eos(st)?,
+        pad: text.pad(st)?,
+        seed,
+    })
+}
+
+/// One evaluation of `setup`'s policy, as an online stage evaluates at step 0: `metrics.jsonl`
+/// (one line) and `samples.jsonl` in `dir`.
+fn evaluate(
+    name: &str,
+    cfg: &crate::config::OnlineConfig,
+    setup: OnlineSetup,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for f in ["metrics.jsonl", "samples.jsonl"] {
+        remove_path(&dir.join(f))?;
+    }
+    let mut t = OnlineTrainer::new(name, cfg.clone(), setup)?;
+    t.log_samples_to(&dir.join("samples.jsonl"))?;
+    let m = Stage::evaluate(&mut t, 0)?.unwrap_or_default();
+    drop(t); // closes samples.jsonl
+    let mut log = crate::metrics::MetricsLog::open(dir, false)?;
+    log.write(name, 0, &m)
 }
 
 fn fraction_or(st: &StageSpec, default: f64) -> f64 {

@@ -12,11 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rlhf_data::TokenizeConfig;
+use rlhf_data::{SyntheticConfig, TokenizeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{StageConfig, Validate, apply_overrides, stage_config_from_table};
 use crate::error::TrainError;
+
+use super::scratch::{ModelSize, SeedSpec};
 
 /// Keys of a stage table that hold a path (or `stage:NAME`, or `synthetic` where allowed).
 const PATH_KEYS: [&str; 8] = [
@@ -30,8 +32,14 @@ const PATH_KEYS: [&str; 8] = [
     "eval_data",
 ];
 
+/// Values of path keys that are not paths.
+const KEYWORDS: [&str; 3] = ["synthetic", "bytes", "init"];
+
+/// The file's own keys (a single-stage file's other keys belong to its stage).
+const TOP_KEYS: [&str; 4] = ["name", "seed", "out", "task"];
+
 /// Every key of [`StageInputs`].
-const INPUT_KEYS: [&str; 13] = [
+const INPUT_KEYS: [&str; 15] = [
     "policy",
     "reference",
     "reward_model",
@@ -44,6 +52,8 @@ const INPUT_KEYS: [&str; 13] = [
     "eval_fraction",
     "tokenize",
     "seed",
+    "init_seed",
+    "model",
     "checkpoint_every",
 ];
 
@@ -52,7 +62,8 @@ const INPUT_KEYS: [&str; 13] = [
 #[serde(deny_unknown_fields)]
 pub struct StageInputs {
     /// The policy (reward stage: the backbone with `init = "policy"`): an HF folder, a `.gguf`
-    /// file, or `stage:NAME`.
+    /// file, `stage:NAME`, or `"init"` (drawn from scratch with the `model` table's size).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy: String,
     /// The frozen reference of offline and online stages (default: the policy's initial
     /// weights).
@@ -75,7 +86,8 @@ pub struct StageInputs {
     /// A Jinja chat template file (default: the policy's own, else ChatML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
-    /// The training JSONL file.
+    /// The training JSONL file, or `stage:NAME/FILE`, a file an earlier stage wrote.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
     /// A held-out JSONL file of the same format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,9 +99,17 @@ pub struct StageInputs {
     /// Tokenisation and truncation.
     #[serde(default)]
     pub tokenize: TokenizeConfig,
-    /// Seed of the stage (default: the file's `seed`).
+    /// Seed of the stage: a number, or `[a, b]` derived from the file's `seed` (default: derived
+    /// by the stage's type, see [`super::scratch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
+    pub seed: Option<SeedSpec>,
+    /// Seed of the weights drawn from scratch (`policy = "init"`, a reward model's new score
+    /// head), in the same form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<SeedSpec>,
+    /// The size of a policy drawn from scratch (`policy = "init"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSize>,
     /// Save a checkpoint every this many steps (default: every tenth of the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
@@ -109,7 +129,18 @@ pub struct StageSpec {
 impl StageSpec {
     /// The stage's seed.
     pub fn seed(&self, file_seed: u64) -> u64 {
-        self.inputs.seed.unwrap_or(file_seed)
+        match self.inputs.seed {
+            Some(s) => s.resolve(file_seed),
+            None => super::scratch::default_seed(&self.config, file_seed),
+        }
+    }
+
+    /// The seed of weights drawn from scratch.
+    pub fn init_seed(&self, file_seed: u64) -> u64 {
+        match self.inputs.init_seed {
+            Some(s) => s.resolve(file_seed),
+            None => super::scratch::default_init_seed(&self.config, file_seed),
+        }
     }
 
     /// The stage's checkpoint interval.
@@ -126,8 +157,10 @@ pub struct PipelineSpec {
     pub name: String,
     /// The run folder (default: `runs/<name>`).
     pub out: PathBuf,
-    /// Default seed of every stage.
+    /// The seed every stage's seed derives from.
     pub seed: u64,
+    /// The built-in synthetic task (`tokenizer`/`judge = "synthetic"`, `[synthetic]` stages).
+    pub task: SyntheticConfig,
     /// Stages in run order.
     pub stages: Vec<StageSpec>,
     /// The file it came from.
@@ -150,7 +183,7 @@ fn cfg_err(source: &str, message: impl Into<String>) -> TrainError {
 fn absolutise(stage: &mut toml::Table, base: &Path) {
     for key in PATH_KEYS {
         if let Some(toml::Value::String(s)) = stage.get_mut(key) {
-            if stage_ref(s).is_some() || s == "synthetic" || s.is_empty() {
+            if stage_ref(s).is_some() || KEYWORDS.contains(&s.as_str()) || s.is_empty() {
                 continue;
             }
             let p = Path::new(s.as_str());
@@ -194,13 +227,13 @@ fn stage_tables(
         .ok_or_else(|| {
             cfg_err(
                 source,
-                "expected [stages.NAME] tables (a pipeline) or one [sft], [reward], [offline] \
-                 or [online] table (a single stage)",
+                "expected [stages.NAME] tables (a pipeline) or one [sft], [reward], [offline], \
+                 [online], [pairs], [evaluate] or [synthetic] table (a single stage)",
             )
         })?;
     let mut stage = toml::Table::new();
     for key in table.keys().cloned().collect::<Vec<_>>() {
-        if !["name", "seed", "out"].contains(&key.as_str()) {
+        if !TOP_KEYS.contains(&key.as_str()) {
             stage.insert(key.clone(), table.remove(&key).expect("present"));
         }
     }
@@ -221,7 +254,8 @@ fn parse_stage(name: &str, mut t: toml::Table, source: &str) -> Result<StageSpec
             return Err(cfg_err(
                 &at,
                 "a stage needs one config table naming its type: [..sft], [..reward], \
-                 [..offline] or [..online] (it may be empty)",
+                 [..offline], [..online], [..pairs], [..evaluate] or [..synthetic] (it may be \
+                 empty)",
             ));
         }
         many => {
@@ -239,11 +273,52 @@ fn parse_stage(name: &str, mut t: toml::Table, source: &str) -> Result<StageSpec
     let text = toml::to_string(&t).expect("a table serialises");
     let inputs: StageInputs =
         toml::from_str(&text).map_err(|e| cfg_err(&at, crate::config::keyed_message(&text, &e)))?;
-    Ok(StageSpec {
+    let st = StageSpec {
         name: name.to_string(),
         inputs,
         config,
-    })
+    };
+    check_inputs(&st, &at)?;
+    Ok(st)
+}
+
+/// The keys a stage of its type needs are there.
+fn check_inputs(st: &StageSpec, at: &str) -> Result<(), TrainError> {
+    let inp = &st.inputs;
+    let kind = st.config.kind();
+    if matches!(st.config, StageConfig::Synthetic(_)) {
+        return Ok(());
+    }
+    for (key, value) in [("policy", &inp.policy), ("data", &inp.data)] {
+        if value.is_empty() {
+            return Err(cfg_err(
+                at,
+                format!("missing `{key}`: a {kind} stage needs a `{key}` key"),
+            ));
+        }
+    }
+    if inp.policy == "init" {
+        if inp.model.is_none() {
+            return Err(cfg_err(
+                at,
+                "policy = \"init\" draws a model from scratch: give its size in a `model` table \
+                 (hidden_size, num_layers, num_heads, intermediate_size, init_std)",
+            ));
+        }
+        if inp.tokenizer.is_none() {
+            return Err(cfg_err(
+                at,
+                "policy = \"init\" needs a `tokenizer` (a tokenizer.json, or \"synthetic\"): a \
+                 model drawn from scratch has none of its own",
+            ));
+        }
+    } else if inp.model.is_some() {
+        return Err(cfg_err(
+            at,
+            "`model` sizes a model drawn from scratch; it needs policy = \"init\"",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a `rlhf train` file's text. `path` is where it lives (relative paths are joined onto
@@ -291,7 +366,7 @@ pub fn parse_pipeline(
                 };
                 let key = key.trim();
                 let first = key.split('.').next().unwrap_or("");
-                if ["name", "seed", "out"].contains(&key) {
+                if TOP_KEYS.contains(&key) || first == "task" {
                     o.clone()
                 } else if INPUT_KEYS.contains(&first) || first == kind {
                     format!("stages.{kind}.{o}")
@@ -353,6 +428,21 @@ fn from_whole(
         Some(toml::Value::String(s)) => PathBuf::from(s),
         Some(v) => return Err(cfg_err(source, format!("`out` = {v}: expected a path"))),
     };
+    let task = match whole.remove("task") {
+        None => SyntheticConfig::default(),
+        Some(v) => {
+            let text = toml::to_string(&toml::Table::from_iter([("task".to_string(), v)]))
+                .expect("a table serialises");
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Task {
+                task: SyntheticConfig,
+            }
+            toml::from_str::<Task>(&text)
+                .map_err(|e| cfg_err(source, crate::config::keyed_message(&text, &e)))?
+                .task
+        }
+    };
     let Some(toml::Value::Table(stage_tables)) = whole.remove("stages") else {
         return Err(cfg_err(source, "`stages` must be a table of named stages"));
     };
@@ -360,8 +450,8 @@ fn from_whole(
         return Err(cfg_err(
             source,
             format!(
-                "unknown top-level key `{k}`: expected `name`, `seed`, `out` and [stages.NAME] \
-                 tables (or a single stage's keys)"
+                "unknown top-level key `{k}`: expected `name`, `seed`, `out`, [task] and \
+                 [stages.NAME] tables (or a single stage's keys)"
             ),
         ));
     }
@@ -376,6 +466,7 @@ fn from_whole(
         name,
         out,
         seed,
+        task,
         stages,
         source: path.to_path_buf(),
     };
@@ -383,10 +474,37 @@ fn from_whole(
     Ok(spec)
 }
 
+/// A `stage:NAME/FILE` data reference: (NAME, FILE).
+pub fn data_ref(value: &str) -> Option<(&str, &str)> {
+    stage_ref(value).map(|r| r.split_once('/').unwrap_or((r, "")))
+}
+
+/// The file a `data` or `eval_data` value names: `stage:NAME/FILE` is FILE in stage NAME's
+/// folder.
+pub fn data_path(spec: &PipelineSpec, value: &str) -> PathBuf {
+    match data_ref(value) {
+        Some((name, file)) => spec.out.join(name).join(file),
+        None => PathBuf::from(value),
+    }
+}
+
+impl StageSpec {
+    /// The stage with its `stage:NAME/FILE` data references replaced by the files' paths.
+    pub fn with_data_paths(&self, spec: &PipelineSpec) -> StageSpec {
+        let mut st = self.clone();
+        let resolve = |v: &str| data_path(spec, v).display().to_string();
+        if !st.inputs.data.is_empty() {
+            st.inputs.data = resolve(&st.inputs.data);
+        }
+        st.inputs.eval_data = st.inputs.eval_data.as_deref().map(resolve);
+        st
+    }
+}
+
 /// The stages whose output `st` uses.
 pub fn dependencies(st: &StageSpec) -> Vec<&str> {
     let i = &st.inputs;
-    [
+    let models = [
         Some(&i.policy),
         i.reference.as_ref(),
         i.reward_model.as_ref(),
@@ -394,15 +512,69 @@ pub fn dependencies(st: &StageSpec) -> Vec<&str> {
     ]
     .into_iter()
     .flatten()
-    .filter_map(|v| stage_ref(v))
-    .collect()
+    .filter_map(|v| stage_ref(v));
+    let data = [Some(&i.data), i.eval_data.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| data_ref(v).map(|(n, _)| n));
+    models.chain(data).collect()
 }
 
-/// Every `stage:NAME` names an earlier stage of the right kind.
+/// Where stage `target` runs relative to stage `i`: an error unless it runs earlier.
+fn earlier(
+    spec: &PipelineSpec,
+    names: &[&str],
+    i: usize,
+    target: &str,
+    at: &str,
+) -> Result<usize, TrainError> {
+    let Some(j) = names.iter().position(|n| *n == target) else {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "{}: {at}: there is no stage `{target}` (stages: {})",
+                spec.source.display(),
+                names.join(", ")
+            ),
+        });
+    };
+    if j >= i {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "{}: {at}: stage `{target}` runs {} this one; a stage can only use the output \
+                 of an earlier stage",
+                spec.source.display(),
+                if j == i { "as" } else { "after" }
+            ),
+        });
+    }
+    Ok(j)
+}
+
+/// Every `stage:NAME` names an earlier stage of the right kind, every `stage:NAME/FILE` an
+/// earlier stage and a plain file name.
 fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
     let names: Vec<&str> = spec.stages.iter().map(|s| s.name.as_str()).collect();
     for (i, st) in spec.stages.iter().enumerate() {
         let inp = &st.inputs;
+        for (field, value) in [
+            ("data", Some(&inp.data)),
+            ("eval_data", inp.eval_data.as_ref()),
+        ] {
+            let Some((target, file)) = value.and_then(|v| data_ref(v)) else {
+                continue;
+            };
+            let at = format!("stages.{}.{field} = \"stage:{target}/{file}\"", st.name);
+            earlier(spec, &names, i, target, &at)?;
+            if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{}: {at}: expected `stage:NAME/FILE`, FILE a file the stage wrote \
+                         (such as `stage:data/sft.jsonl`)",
+                        spec.source.display()
+                    ),
+                });
+            }
+        }
         let fields = [
             ("policy", Some(&inp.policy)),
             ("reference", inp.reference.as_ref()),
@@ -414,26 +586,19 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
                 continue;
             };
             let at = format!("stages.{}.{field} = \"stage:{target}\"", st.name);
-            let Some(j) = names.iter().position(|n| *n == target) else {
+            let j = earlier(spec, &names, i, target, &at)?;
+            let target_kind = &spec.stages[j].config;
+            if !target_kind.makes_model() {
                 return Err(TrainError::Mismatch {
                     what: format!(
-                        "{}: {at}: there is no stage `{target}` (stages: {})",
+                        "{}: {at}: stage `{target}` is a {} stage, which writes data, not a \
+                         model (name one of its files as `stage:{target}/FILE` in `data`)",
                         spec.source.display(),
-                        names.join(", ")
-                    ),
-                });
-            };
-            if j >= i {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "{}: {at}: stage `{target}` runs {} this one; a stage can only use \
-                         the output of an earlier stage",
-                        spec.source.display(),
-                        if j == i { "as" } else { "after" }
+                        target_kind.kind()
                     ),
                 });
             }
-            let is_rm = matches!(spec.stages[j].config, StageConfig::Reward(_));
+            let is_rm = matches!(target_kind, StageConfig::Reward(_));
             let wants_rm = matches!(field, "reward_model" | "judge");
             if is_rm != wants_rm {
                 return Err(TrainError::Mismatch {
@@ -461,6 +626,10 @@ impl PipelineSpec {
         whole.insert("name".into(), self.name.clone().into());
         whole.insert("seed".into(), (self.seed as i64).into());
         whole.insert("out".into(), self.out.display().to_string().into());
+        if self.task != SyntheticConfig::default() {
+            let t = toml::Table::try_from(&self.task).expect("the task serialises");
+            whole.insert("task".into(), toml::Value::Table(t));
+        }
         let mut stages = toml::Table::new();
         for s in &self.stages {
             let mut t = toml::Table::try_from(&s.inputs).expect("inputs serialise");
