@@ -145,6 +145,10 @@ enum Cmd {
         /// Run once per seed and write one comparison report (`runs/<name>-sweep/report.md`).
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<u64>>,
+        /// Print the study as a pipeline file (what `rlhf train` runs) and exit; the default
+        /// study's is `configs/study.toml`.
+        #[arg(long)]
+        print_pipeline: bool,
     },
     /// Numerical check of the theory: SimPO as maximum-entropy RL, on bandits.
     Theory {
@@ -229,7 +233,17 @@ fn main() -> Result<()> {
             quiet,
             check,
             seeds,
-        } => study(config, &sets, quick, quiet, check, seeds),
+            print_pipeline,
+        } => {
+            let how = StudyRun {
+                quick,
+                quiet,
+                check,
+                seeds,
+                print_pipeline,
+            };
+            study(config, &sets, how)
+        }
         Cmd::Train {
             file,
             sets,
@@ -456,15 +470,24 @@ fn toml_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string serialises")
 }
 
-fn study(
-    config: Option<PathBuf>,
-    sets: &[String],
+/// How `rlhf study` runs.
+struct StudyRun {
     quick: bool,
     quiet: bool,
     check: bool,
     seeds: Option<Vec<u64>>,
-) -> Result<()> {
+    print_pipeline: bool,
+}
+
+fn study(config: Option<PathBuf>, sets: &[String], how: StudyRun) -> Result<()> {
     use rlhf_train::{StudyConfig, parse_config, to_toml};
+    let StudyRun {
+        quick,
+        quiet,
+        check,
+        seeds,
+        print_pipeline,
+    } = how;
     let (text, source) = match &config {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -483,6 +506,10 @@ fn study(
         cfg = parse_config(&to_toml(&cfg), &source, sets)?;
     }
     cfg.validate()?;
+    if print_pipeline {
+        print!("{}", cfg.pipeline_toml());
+        return Ok(());
+    }
     if let Some(seeds) = seeds {
         let mut seen = std::collections::BTreeSet::new();
         if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
@@ -495,7 +522,10 @@ fn study(
         for seed in seeds {
             let mut c = cfg.clone();
             c.seed = seed;
-            c.name = format!("{}-seed{seed}", cfg.name);
+            // The study's own seed is the study's own run (reused when it is complete).
+            if seed != cfg.seed {
+                c.name = format!("{}-seed{seed}", cfg.name);
+            }
             outs.push((seed, rlhf_train::run_study(c, !quiet)?));
         }
         let path = cfg

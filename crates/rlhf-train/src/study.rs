@@ -546,6 +546,21 @@ impl StudyConfig {
     }
 }
 
+impl StudyConfig {
+    /// The study as a pipeline file for `rlhf train` (`configs/study.toml` is the default
+    /// study's): its stages without `out`, which defaults to `runs/<name>` as the study's does.
+    pub fn pipeline_toml(&self) -> String {
+        let mut t = self.to_pipeline().to_table();
+        t.remove("out");
+        format!(
+            "# The built-in study as a pipeline: `rlhf train configs/study.toml` runs it (the same \
+             stages,\n# folders and numbers as `cargo xtask train`). Written by `rlhf study \
+             --print-pipeline`.\n\n{}",
+            toml::to_string_pretty(&t).expect("a table serialises")
+        )
+    }
+}
+
 /// Runs the study's pipeline (stages already complete are verified and skipped) and writes
 /// the report.
 pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError> {
@@ -676,4 +691,74 @@ pub fn write_sweep_report(outs: &[(u64, StudyOutput)], path: &Path) -> Result<()
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
     std::fs::write(path, md).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::parse_pipeline;
+
+    fn repo_file(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    }
+
+    #[test]
+    fn configs_study_toml_is_the_default_study() {
+        let path = repo_file("configs/study.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let study = StudyConfig::default();
+        assert!(
+            text == study.pipeline_toml(),
+            "configs/study.toml is out of date: rlhf study --print-pipeline > configs/study.toml"
+        );
+        let cwd = Path::new("/work");
+        let spec = parse_pipeline(&text, &path, &[], cwd).unwrap();
+        let want = study.to_pipeline();
+        assert_eq!(spec.stages, want.stages);
+        assert_eq!((spec.seed, &spec.task, &spec.name), (0, &want.task, &want.name));
+        assert_eq!(spec.out, cwd.join("runs/study"));
+        // --set seed moves every stage's seed, as `rlhf study --set seed=1` does.
+        let one = parse_pipeline(&text, &path, &["seed=1".into()], cwd).unwrap();
+        let mut s1 = study.clone();
+        s1.seed = 1;
+        let w1 = s1.to_pipeline();
+        for (a, b) in one.stages.iter().zip(&w1.stages) {
+            assert_eq!(a.seed(one.seed), b.seed(w1.seed), "{}", a.name);
+            assert_eq!(a.init_seed(one.seed), b.init_seed(w1.seed), "{}", a.name);
+        }
+    }
+
+    #[test]
+    fn the_pipeline_has_every_stage_in_order() {
+        let mut c = StudyConfig::default().quick();
+        c.learning_rates = vec![1e-4];
+        let names: Vec<String> = c.to_pipeline().stages.into_iter().map(|s| s.name).collect();
+        let mut want: Vec<String> = [
+            "data",
+            "sft",
+            "pairs",
+            "reward_pretrain",
+            "reward",
+            "dpo",
+            "simpo",
+            "eval-sft",
+            "eval-dpo",
+            "eval-simpo",
+        ]
+        .map(String::from)
+        .to_vec();
+        want.extend(c.arms.iter().map(|a| format!("{}@lr1e-4", a.name)));
+        assert_eq!(names, want);
+        // Without pre-training, the reward model is drawn from scratch; from SFT, it starts there.
+        c.reward_pretrain.steps = 0;
+        let p = c.to_pipeline();
+        let rm = p.stages.iter().find(|s| s.name == "reward").unwrap();
+        assert_eq!(rm.inputs.policy, "init");
+        assert_eq!(rm.inputs.model.as_ref(), Some(&c.reward_model));
+        assert!(!p.stages.iter().any(|s| s.name == "reward_pretrain"));
+        c.reward_from_sft = true;
+        let p = c.to_pipeline();
+        let rm = p.stages.iter().find(|s| s.name == "reward").unwrap();
+        assert_eq!((rm.inputs.policy.as_str(), rm.inputs.model.is_none()), ("stage:sft", true));
+    }
 }

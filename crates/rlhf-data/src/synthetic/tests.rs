@@ -285,3 +285,20 @@ fn print_examples() {
     }
     assert_eq!(shown.len(), RefQuality::ALL.len());
 }
+
+/// Any sequence of ids survives decode then encode: a pairs stage writes sampled responses as
+/// text, and the stages that read them must get the sampled ids back.
+#[test]
+fn any_id_sequence_round_trips_through_text() {
+    use rand::{Rng, SeedableRng};
+    let tok = task().tokenizer();
+    let v = tok.vocab_size() as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for len in [1usize, 2, 5, 24, 60] {
+        for _ in 0..200 {
+            let ids: Vec<u32> = (0..len).map(|_| rng.random_range(0..v)).collect();
+            let text = tok.decode(&ids, false).unwrap();
+            assert_eq!(tok.encode(&text, false).unwrap(), ids, "{text:?}");
+        }
+    }
+}

@@ -622,6 +622,11 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
 impl PipelineSpec {
     /// The resolved file: re-runnable as it is (`rlhf train RUN/config.toml`).
     pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.to_table()).expect("a table serialises")
+    }
+
+    /// The resolved file as a TOML table.
+    pub fn to_table(&self) -> toml::Table {
         let mut whole = toml::Table::new();
         whole.insert("name".into(), self.name.clone().into());
         whole.insert("seed".into(), (self.seed as i64).into());
@@ -638,7 +643,7 @@ impl PipelineSpec {
             stages.insert(s.name.clone(), toml::Value::Table(t));
         }
         whole.insert("stages".into(), toml::Value::Table(stages));
-        toml::to_string_pretty(&whole).expect("a table serialises")
+        whole
     }
 }
 
@@ -786,5 +791,80 @@ regularizer = { type = "kl", coef = 0.1 }
         assert!(e.contains("unknown top-level key `bogus`"), "{e}");
         let e = err("[stages.a]\ndata = \"d\"\n[stages.a.sft]\n", &[]);
         assert!(e.contains("policy"), "{e}");
+    }
+
+    const SCRATCH: &str = r#"
+seed = 5
+[task]
+label_temperature = 0.5
+[stages.data.synthetic]
+sft_examples = 8
+[stages.sft]
+policy = "init"
+tokenizer = "synthetic"
+data = "stage:data/sft.jsonl"
+model = { hidden_size = 16, num_layers = 1, num_heads = 2, intermediate_size = 32 }
+seed = [4, 2]
+init_seed = 11
+[stages.sft.sft]
+steps = 2
+[stages.ev]
+policy = "stage:sft"
+reward_model = "/rm"
+data = "stage:data/online.jsonl"
+[stages.ev.evaluate]
+"#;
+
+    #[test]
+    fn scratch_models_data_references_and_seeds() {
+        let p = parse(SCRATCH, &[]).unwrap();
+        assert_eq!(p.task.label_temperature, 0.5);
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["data", "sft", "ev"]);
+        let sft = &p.stages[1];
+        assert_eq!(sft.inputs.policy, "init");
+        assert_eq!(sft.inputs.data, "stage:data/sft.jsonl");
+        assert_eq!(sft.seed(5), crate::common::mix(5, 4, 2));
+        assert_eq!(sft.init_seed(5), 11);
+        assert_eq!(p.stages[2].seed(5), crate::common::mix(5, 7, 0));
+        assert_eq!(
+            sft.with_data_paths(&p).inputs.data,
+            "/cwd/runs/run/data/sft.jsonl"
+        );
+        assert_eq!(dependencies(&p.stages[2]), ["sft", "data"]);
+        let again = parse_pipeline(&p.to_toml(), Path::new("/x/c.toml"), &[], Path::new("/y"))
+            .unwrap();
+        assert_eq!((again.stages, again.task), (p.stages, p.task));
+    }
+
+    #[test]
+    fn bad_scratch_and_data_references_say_what_is_wrong() {
+        let err = |t: &str| parse(t, &[]).unwrap_err().to_string();
+        let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:dta/sft.jsonl"));
+        assert!(e.contains("no stage `dta`") && e.contains("stages.sft.data"), "{e}");
+        let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:data"));
+        assert!(e.contains("stage:NAME/FILE"), "{e}");
+        let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:ev/x.jsonl"));
+        assert!(e.contains("runs after"), "{e}");
+        let e = err(&SCRATCH.replace("policy = \"stage:sft\"", "policy = \"stage:data\""));
+        assert!(e.contains("writes data, not a model"), "{e}");
+        let e = err(&SCRATCH.replace("model = {", "modl = {"));
+        assert!(e.contains("modl"), "{e}");
+        let no_model: String = SCRATCH
+            .lines()
+            .filter(|l| !l.starts_with("model ="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(err(&no_model).contains("`model` table"));
+        let e = err(&SCRATCH.replace("tokenizer = \"synthetic\"\n", ""));
+        assert!(e.contains("needs a `tokenizer`"), "{e}");
+        let e = err(&SCRATCH.replace("policy = \"init\"", "policy = \"m.gguf\""));
+        assert!(e.contains("needs policy = \"init\""), "{e}");
+        let e = err(&SCRATCH.replace("label_temperature = 0.5", "label_temperatur = 0.5"));
+        assert!(e.contains("label_temperatur"), "{e}");
+        let e = err(&SCRATCH.replace("seed = [4, 2]", "seed = \"x\""));
+        assert!(e.contains("seed"), "{e}");
+        let e = err(&SCRATCH.replace("reward_model = \"/rm\"\n", "").replace("data = \"stage:data/online.jsonl\"\n[stages.ev", "[stages.ev"));
+        assert!(e.contains("missing `data`"), "{e}");
     }
 }
