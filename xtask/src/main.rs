@@ -244,9 +244,17 @@ fn train_args(rest: &[String]) -> Result<Vec<String>> {
         let is_train_file = text.lines().any(|l| {
             let l = l.trim_start();
             l.starts_with("[stages.")
-                || ["[sft]", "[reward]", "[offline]", "[online]"]
-                    .iter()
-                    .any(|t| l.starts_with(t))
+                || [
+                    "[sft]",
+                    "[reward]",
+                    "[offline]",
+                    "[online]",
+                    "[pairs]",
+                    "[evaluate]",
+                    "[synthetic]",
+                ]
+                .iter()
+                .any(|t| l.starts_with(t))
         });
         if is_train_file {
             let mut a = vec!["train".to_string(), file.clone()];

@@ -19,7 +19,6 @@ pub mod online;
 pub mod optim;
 pub mod pipeline;
 pub mod progress;
-pub mod report;
 pub mod reward;
 pub mod runner;
 pub mod sft;

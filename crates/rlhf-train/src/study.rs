@@ -24,12 +24,12 @@ use crate::config::{
     Validate,
 };
 use crate::error::{TrainError, io};
+use crate::pipeline::compare::{load_curves, runs_of};
 use crate::pipeline::pairs::PairsConfig;
 pub use crate::pipeline::scratch::ModelSize;
 use crate::pipeline::scratch::SeedSpec;
 use crate::pipeline::synthetic::SyntheticDataConfig;
 use crate::pipeline::{PipelineSpec, StageInputs, StageSpec, TrainOptions, run_pipeline};
-use crate::report::{load_curves, runs_of};
 
 /// How many examples each stage sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -573,7 +573,7 @@ pub fn run_study(cfg: StudyConfig, live: bool) -> Result<StudyOutput, TrainError
         only: None,
     };
     let out = run_pipeline(&spec, &opts)?;
-    let comparison = crate::report::comparison(&spec)?;
+    let comparison = crate::pipeline::compare::comparison(&spec)?;
     Ok(StudyOutput {
         root: out.out,
         report: out.report,
@@ -699,7 +699,9 @@ mod tests {
     use crate::pipeline::parse_pipeline;
 
     fn repo_file(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel)
     }
 
     #[test]
@@ -715,7 +717,10 @@ mod tests {
         let spec = parse_pipeline(&text, &path, &[], cwd).unwrap();
         let want = study.to_pipeline();
         assert_eq!(spec.stages, want.stages);
-        assert_eq!((spec.seed, &spec.task, &spec.name), (0, &want.task, &want.name));
+        assert_eq!(
+            (spec.seed, &spec.task, &spec.name),
+            (0, &want.task, &want.name)
+        );
         assert_eq!(spec.out, cwd.join("runs/study"));
         // --set seed moves every stage's seed, as `rlhf study --set seed=1` does.
         let one = parse_pipeline(&text, &path, &["seed=1".into()], cwd).unwrap();
@@ -759,6 +764,9 @@ mod tests {
         c.reward_from_sft = true;
         let p = c.to_pipeline();
         let rm = p.stages.iter().find(|s| s.name == "reward").unwrap();
-        assert_eq!((rm.inputs.policy.as_str(), rm.inputs.model.is_none()), ("stage:sft", true));
+        assert_eq!(
+            (rm.inputs.policy.as_str(), rm.inputs.model.is_none()),
+            ("stage:sft", true)
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! `rlhf train`: one stage or a pipeline of stages on the user's own models and data.
 //!
 //! [`spec`] reads the file, [`inputs`] turns its keys into models, tokenizer, template and data,
-//! [`run`] drives the stages (resume, skip, export) and [`report`] writes `report.md`;
+//! [`run`] drives the stages (resume, skip, export) and [`report`] writes `report.md` (with
+//! [`compare`]'s comparison of evaluated policies when there is one);
 //! [`judge`] holds the held-out scorers; [`synthetic`], [`pairs`] and [`scratch`] serve the
 //! stages that write data, label pairs and draw models from scratch (the built-in study).
 
+pub mod compare;
 pub mod inputs;
 pub mod judge;
 pub mod pairs;

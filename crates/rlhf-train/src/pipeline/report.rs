@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use super::compare::svg_plot;
 use super::spec::PipelineSpec;
 use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
-use crate::report::svg_plot;
 
 /// The curves drawn when a stage logs them: (title, y label, keys on one plot).
 const PLOTS: [(&str, &str, &[&str]); 7] = [
@@ -60,7 +60,7 @@ fn series(rows: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
 }
 
 /// Writes `<out>/report.md` and its figures from the stages' `metrics.jsonl`: the comparison
-/// of evaluated policies when there is one ([`crate::report`]), then every stage's curves.
+/// of evaluated policies when there is one ([`super::compare`]), then every stage's curves.
 /// `elapsed_s` is this run's wall time.
 pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, TrainError> {
     let figs = spec.out.join("figures");
@@ -73,9 +73,9 @@ pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, Trai
         spec.source.display(),
         spec.seed
     );
-    let comp = crate::report::comparison(spec)?;
+    let comp = super::compare::comparison(spec)?;
     if !comp.is_empty() {
-        md.push_str(&crate::report::comparison_section(spec, &comp, &figs)?);
+        md.push_str(&super::compare::comparison_section(spec, &comp, &figs)?);
         md.push_str("\n## Stages\n\n");
     }
     for st in &spec.stages {

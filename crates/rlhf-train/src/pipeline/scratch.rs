@@ -108,7 +108,7 @@ impl ModelSize {
     /// Checks the sizes (divisibility, zero, this machine's memory) before any allocation;
     /// errors name `field`.
     pub fn validate(&self, field: &str, vocab: usize) -> Result<(), TrainError> {
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(TrainError::Config {
                 field: format!("{field}.num_heads"),
                 value: self.num_heads.to_string(),

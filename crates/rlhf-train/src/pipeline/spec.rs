@@ -832,8 +832,8 @@ data = "stage:data/online.jsonl"
             "/cwd/runs/run/data/sft.jsonl"
         );
         assert_eq!(dependencies(&p.stages[2]), ["sft", "data"]);
-        let again = parse_pipeline(&p.to_toml(), Path::new("/x/c.toml"), &[], Path::new("/y"))
-            .unwrap();
+        let again =
+            parse_pipeline(&p.to_toml(), Path::new("/x/c.toml"), &[], Path::new("/y")).unwrap();
         assert_eq!((again.stages, again.task), (p.stages, p.task));
     }
 
@@ -841,7 +841,10 @@ data = "stage:data/online.jsonl"
     fn bad_scratch_and_data_references_say_what_is_wrong() {
         let err = |t: &str| parse(t, &[]).unwrap_err().to_string();
         let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:dta/sft.jsonl"));
-        assert!(e.contains("no stage `dta`") && e.contains("stages.sft.data"), "{e}");
+        assert!(
+            e.contains("no stage `dta`") && e.contains("stages.sft.data"),
+            "{e}"
+        );
         let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:data"));
         assert!(e.contains("stage:NAME/FILE"), "{e}");
         let e = err(&SCRATCH.replace("stage:data/sft.jsonl", "stage:ev/x.jsonl"));
@@ -864,7 +867,10 @@ data = "stage:data/online.jsonl"
         assert!(e.contains("label_temperatur"), "{e}");
         let e = err(&SCRATCH.replace("seed = [4, 2]", "seed = \"x\""));
         assert!(e.contains("seed"), "{e}");
-        let e = err(&SCRATCH.replace("reward_model = \"/rm\"\n", "").replace("data = \"stage:data/online.jsonl\"\n[stages.ev", "[stages.ev"));
+        let e = err(&SCRATCH.replace("reward_model = \"/rm\"\n", "").replace(
+            "data = \"stage:data/online.jsonl\"\n[stages.ev",
+            "[stages.ev",
+        ));
         assert!(e.contains("missing `data`"), "{e}");
     }
 }

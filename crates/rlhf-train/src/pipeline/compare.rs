@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::PipelineSpec;
 use crate::config::StageConfig;
 use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
-use crate::pipeline::PipelineSpec;
 
 /// One online run of a comparison.
 #[derive(Debug, Clone)]
