@@ -735,11 +735,13 @@ pub enum StageConfig {
     Evaluate(OnlineConfig),
     /// `[synthetic]`: the built-in task's data sets written as JSONL files.
     Synthetic(crate::pipeline::synthetic::SyntheticDataConfig),
+    /// `[best_of_n]`: gold and proxy score of best-of-n selection against KL (Gao et al.).
+    BestOfN(crate::pipeline::best_of_n::BestOfNConfig),
 }
 
 impl StageConfig {
     /// The table names a stage file may use, one per type.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "sft",
         "reward",
         "offline",
@@ -747,6 +749,7 @@ impl StageConfig {
         "pairs",
         "evaluate",
         "synthetic",
+        "best_of_n",
     ];
 
     /// The number of optimiser steps (1 for a stage that does not train: it is done or not).
@@ -756,12 +759,15 @@ impl StageConfig {
             StageConfig::Reward(c) => c.steps,
             StageConfig::Offline(c) => c.steps,
             StageConfig::Online(c) => c.steps,
-            StageConfig::Pairs(_) | StageConfig::Evaluate(_) | StageConfig::Synthetic(_) => 1,
+            StageConfig::Pairs(_)
+            | StageConfig::Evaluate(_)
+            | StageConfig::Synthetic(_)
+            | StageConfig::BestOfN(_) => 1,
         }
     }
 
-    /// The file's table name: `sft`, `reward`, `offline`, `online`, `pairs`, `evaluate` or
-    /// `synthetic`.
+    /// The file's table name: `sft`, `reward`, `offline`, `online`, `pairs`, `evaluate`,
+    /// `synthetic` or `best_of_n`.
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Sft(_) => "sft",
@@ -771,6 +777,7 @@ impl StageConfig {
             StageConfig::Pairs(_) => "pairs",
             StageConfig::Evaluate(_) => "evaluate",
             StageConfig::Synthetic(_) => "synthetic",
+            StageConfig::BestOfN(_) => "best_of_n",
         }
     }
 
@@ -802,6 +809,7 @@ impl Validate for StageConfig {
             StageConfig::Online(c) | StageConfig::Evaluate(c) => c.validate(p),
             StageConfig::Pairs(c) => c.validate(p),
             StageConfig::Synthetic(c) => c.validate(p),
+            StageConfig::BestOfN(c) => c.validate(p),
         }
     }
 }
@@ -861,8 +869,8 @@ fn stage_kind(mut table: toml::Table, source: &str) -> Result<(String, toml::Tab
                 source_name: source.into(),
                 message: format!(
                     "a stage file must hold exactly one top-level table naming its type, \
-                     [sft], [reward], [offline], [online], [pairs], [evaluate] or [synthetic]; \
-                     found {found}"
+                     [sft], [reward], [offline], [online], [pairs], [evaluate], [synthetic] or \
+                     [best_of_n]; found {found}"
                 ),
             });
         }
@@ -893,6 +901,7 @@ fn parse_kind(
         "pairs" => from_table(inner, &src, &overrides).map(StageConfig::Pairs),
         "evaluate" => from_table(inner, &src, &overrides).map(StageConfig::Evaluate),
         "synthetic" => from_table(inner, &src, &overrides).map(StageConfig::Synthetic),
+        "best_of_n" => from_table(inner, &src, &overrides).map(StageConfig::BestOfN),
         _ => from_table(inner, &src, &overrides).map(StageConfig::Online),
     }
 }

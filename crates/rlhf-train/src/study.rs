@@ -25,6 +25,7 @@ use crate::config::{
 };
 use crate::error::{TrainError, io};
 use crate::pipeline::compare::{load_curves, runs_of};
+use crate::pipeline::best_of_n::BestOfNConfig;
 use crate::pipeline::pairs::PairsConfig;
 pub use crate::pipeline::scratch::ModelSize;
 use crate::pipeline::scratch::SeedSpec;
@@ -62,6 +63,26 @@ impl Default for DataSizes {
             eval_prompts: 128,
             pair_temperatures: [0.7, 1.5],
             drop_gold_ties: true,
+        }
+    }
+}
+
+/// The best-of-n measurement of the study (Gao et al.'s first figure): samples are drawn as
+/// the online arms sample, and scored with their missing-EOS penalty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BonSizes {
+    /// Most samples per prompt (n = 1, 2, 4, ... up to it); 0 skips the measurement.
+    pub max_n: usize,
+    /// Held-out prompts.
+    pub num_prompts: usize,
+}
+
+impl Default for BonSizes {
+    fn default() -> Self {
+        Self {
+            max_n: 64,
+            num_prompts: 128,
         }
     }
 }
@@ -121,6 +142,8 @@ pub struct StudyConfig {
     /// Save a checkpoint every this many steps of each stage, so that a killed study loses at
     /// most that many (0: every tenth of the stage).
     pub checkpoint_every: usize,
+    /// Best-of-n from the SFT policy against the proxy.
+    pub best_of_n: BonSizes,
 }
 
 fn seq_entropy(alpha: f64) -> Regularizer {
@@ -249,6 +272,7 @@ impl Default for StudyConfig {
             ],
             learning_rates: vec![3e-4, 3e-5],
             checkpoint_every: 0,
+            best_of_n: BonSizes::default(),
         }
     }
 }
@@ -268,6 +292,10 @@ impl StudyConfig {
         self.online.steps = 12;
         self.online.eval.every = 4;
         self.online.eval.num_prompts = 32;
+        self.best_of_n = BonSizes {
+            max_n: 16,
+            num_prompts: 32,
+        };
         self.name = format!("{}-quick", self.name);
         self
     }
@@ -441,7 +469,8 @@ impl StudyConfig {
     /// The study's stages as a pipeline: `data` (the synthetic task's files), `sft`, `pairs`,
     /// `reward_pretrain` (unless skipped), `reward`, `dpo`, `simpo`, one `evaluate` stage per
     /// offline policy (`eval-sft`, `eval-dpo`, `eval-simpo`) and one online stage per arm and
-    /// learning rate (`<arm>@lr<lr>`). Seeds derive from `seed` (see
+    /// learning rate (`<arm>@lr<lr>`), with a `best_of_n` stage before the online ones. Seeds
+    /// derive from `seed` (see
     /// [`crate::pipeline::scratch`]).
     pub fn to_pipeline(&self) -> PipelineSpec {
         let d = &self.data;
@@ -525,6 +554,18 @@ impl StudyConfig {
                 online(&format!("stage:{name}")),
                 cfg,
             ));
+        }
+        if self.best_of_n.max_n > 0 {
+            let cfg = BestOfNConfig {
+                max_n: self.best_of_n.max_n,
+                num_prompts: self.best_of_n.num_prompts,
+                sampling: self.online.sampling,
+                max_new_tokens: self.online.max_new_tokens,
+                missing_eos_penalty: self.online.missing_eos_penalty,
+            };
+            let mut i = online("stage:sft");
+            i.reference = None;
+            stages.push(stage("best_of_n", i, StageConfig::BestOfN(cfg)));
         }
         for lr in &self.learning_rates {
             for arm in &self.arms {
@@ -749,6 +790,7 @@ mod tests {
             "eval-sft",
             "eval-dpo",
             "eval-simpo",
+            "best_of_n",
         ]
         .map(String::from)
         .to_vec();

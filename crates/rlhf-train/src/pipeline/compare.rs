@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::PipelineSpec;
+use super::best_of_n::{BonPoint, read_best_of_n};
+use super::fit::{Fit, Form, fit};
+use super::svg::{Series, svg_lines};
 use crate::config::StageConfig;
 use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
@@ -40,6 +43,8 @@ pub struct Comparison {
     pub offline: BTreeMap<String, BTreeMap<String, f64>>,
     /// Online stages with a judge, in file order.
     pub online: Vec<OnlineRun>,
+    /// The first best-of-n stage's curve.
+    pub best_of_n: Option<Vec<BonPoint>>,
 }
 
 impl Comparison {
@@ -53,7 +58,7 @@ impl Comparison {
 
     /// Whether there is anything to compare.
     pub fn is_empty(&self) -> bool {
-        self.offline.is_empty() && self.online.is_empty()
+        self.offline.is_empty() && self.online.is_empty() && self.best_of_n.is_none()
     }
 }
 
@@ -116,6 +121,11 @@ pub fn comparison(spec: &PipelineSpec) -> Result<Comparison, TrainError> {
                     c.rm_accuracy = last_eval(&spec.out.join(rm), "eval/accuracy")?;
                 }
             }
+            StageConfig::BestOfN(_) if c.best_of_n.is_none() => {
+                if dir.join("best_of_n.jsonl").is_file() {
+                    c.best_of_n = Some(read_best_of_n(&dir)?);
+                }
+            }
             StageConfig::Pairs(_) if c.pairs.is_none() => {
                 let p = dir.join("stats.json");
                 if let Ok(text) = std::fs::read_to_string(&p) {
@@ -146,6 +156,24 @@ pub struct Curve {
 }
 
 impl Curve {
+    /// (sqrt of the exact KL to the reference, value of `key`) at each evaluation.
+    pub fn against_sqrt_kl(&self, key: &str) -> Vec<(f64, f64)> {
+        self.series("eval/objective/kl_exact")
+            .iter()
+            .zip(self.series(key))
+            .map(|((_, k), (_, v))| (k.max(0.0).sqrt(), v))
+            .collect()
+    }
+
+    /// Gao et al.'s RL form fitted to the gold gain over the first evaluation against
+    /// sqrt(KL).
+    pub fn gold_fit(&self) -> Option<Fit> {
+        let pts = self.against_sqrt_kl("eval/gold/score");
+        let g0 = pts.first()?.1;
+        let gains: Vec<(f64, f64)> = pts.iter().map(|&(d, g)| (d, g - g0)).collect();
+        fit(Form::Rl, &gains)
+    }
+
     /// Values of `key` by step (NaN where missing).
     pub fn series(&self, key: &str) -> Vec<(f64, f64)> {
         self.points
@@ -183,137 +211,6 @@ impl Curve {
             .filter_map(|(s, m)| m.get(key).and_then(Value::as_f64).map(|v| (*s, v)))
             .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
     }
-}
-
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-];
-
-/// A minimal SVG line plot.
-pub fn svg_plot(
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> String {
-    let (w, h, ml, mr, mt, mb) = (640.0, 400.0, 70.0, 170.0, 40.0, 50.0);
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|(_, s)| s.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect();
-    let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold(
-        (
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-        ),
-        |(a, b, c, d), (x, y)| (a.min(*x), b.max(*x), c.min(*y), d.max(*y)),
-    );
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        y0 -= 0.5;
-        y1 += 0.5;
-    }
-    let pad = (y1 - y0) * 0.05;
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let pw = w - ml - mr;
-    let ph = h - mt - mb;
-    let sx = |x: f64| ml + (x - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| mt + (1.0 - (y - y0) / (y1 - y0)) * ph;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>
-<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>
-"##,
-        ml + pw / 2.0,
-        esc(title)
-    );
-    for i in 0..=4 {
-        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
-        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
-        let _ = write!(
-            s,
-            r##"<line x1="{x}" y1="{mt}" x2="{x}" y2="{yb}" stroke="#eee"/><text x="{x}" y="{ty}" text-anchor="middle">{fx}</text>
-<line x1="{ml}" y1="{y}" x2="{xr}" y2="{y}" stroke="#eee"/><text x="{tx}" y="{y4}" text-anchor="end">{fy}</text>
-"##,
-            x = sx(fx),
-            yb = mt + ph,
-            ty = mt + ph + 16.0,
-            fx = fmt_num(fx),
-            y = sy(fy),
-            xr = ml + pw,
-            tx = ml - 6.0,
-            y4 = sy(fy) + 4.0,
-            fy = fmt_num(fy),
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>
-<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>
-"#,
-        ml + pw / 2.0,
-        h - 10.0,
-        esc(xlabel),
-        mt + ph / 2.0,
-        mt + ph / 2.0,
-        esc(ylabel)
-    );
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let poly: Vec<String> = pts
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
-            poly.join(" ")
-        );
-        for p in &poly {
-            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(s, r#"<circle cx="{px}" cy="{py}" r="2.5" fill="{c}"/>"#);
-        }
-        let ly = mt + 14.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
-            w - mr + 10.0,
-            w - mr + 30.0,
-            w - mr + 36.0,
-            ly + 4.0,
-            esc(name)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn fmt_num(x: f64) -> String {
-    if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 fn f(x: f64) -> String {
@@ -484,74 +381,93 @@ pub fn comparison_section(
         );
     }
 
-    // Figures.
+    // Figures: one colour per arm in every figure; gold solid, proxy and fits dashed.
+    let arms: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for c in &curves {
+            if !v.contains(&c.arm) {
+                v.push(c.arm.clone());
+            }
+        }
+        v
+    };
+    let colour = |arm: &str| arms.iter().position(|a| a == arm).unwrap_or(0);
     let _ = writeln!(md, "\n## Figures\n");
     for lr in &lrs {
         let group: Vec<&Curve> = curves.iter().filter(|c| &c.lr == lr).collect();
-        for (key, title, file) in [
-            ("eval/gold/score", "gold score", "gold"),
-            ("eval/objective/scores", "proxy RM score", "proxy"),
+        for (key, title, unit, file) in [
+            ("eval/gold/score", "gold score", "gold score", "gold"),
+            ("eval/objective/scores", "proxy RM score", "proxy score", "proxy"),
             (
                 "eval/gold/win_rate",
                 "gold win rate vs reference",
+                "win rate",
                 "winrate",
             ),
             (
                 "eval/objective/kl_exact",
                 "KL(pi || pi_sft), exact, summed over response",
+                "KL (nats)",
                 "kl",
             ),
             (
                 "eval/policy/entropy_avg",
                 "entropy per token (full vocabulary)",
+                "entropy (nats/token)",
                 "entropy",
             ),
-            ("eval/completions/mean_length", "response length", "length"),
-            ("eval/val/eos_rate", "EOS rate", "eos"),
+            (
+                "eval/completions/mean_length",
+                "response length",
+                "tokens",
+                "length",
+            ),
+            ("eval/val/eos_rate", "EOS rate", "share of responses", "eos"),
         ] {
-            let series: Vec<(String, Vec<(f64, f64)>)> = group
+            let series: Vec<Series> = group
                 .iter()
-                .map(|c| (c.arm.clone(), c.series(key)))
+                .map(|c| Series::solid(c.arm.clone(), c.series(key), colour(&c.arm)))
                 .collect();
             let name = format!("{file}-lr{lr}.svg");
             let p = fig_dir.join(&name);
-            std::fs::write(
-                &p,
-                svg_plot(&format!("{title}, lr {lr}"), "step", title, &series),
-            )
-            .map_err(io(&p))?;
+            let svg = svg_lines(&format!("{title}, lr {lr}"), "step", unit, &series);
+            std::fs::write(&p, svg).map_err(io(&p))?;
             let _ = writeln!(md, "![{title}, lr {lr}](figures/{name})\n");
         }
-        // Gao et al.'s axis: gold and proxy against sqrt(KL).
+        // Gao et al.'s axis: gold (solid) and proxy (dashed) against sqrt(KL).
         let mut series = Vec::new();
         for c in &group {
-            let kl = c.series("eval/objective/kl_exact");
-            let pair = |key: &str| -> Vec<(f64, f64)> {
-                kl.iter()
-                    .zip(c.series(key))
-                    .map(|((_, k), (_, v))| (k.max(0.0).sqrt(), v))
-                    .collect()
-            };
-            series.push((format!("{} gold", c.arm), pair("eval/gold/score")));
-            series.push((format!("{} proxy", c.arm), pair("eval/objective/scores")));
+            let k = colour(&c.arm);
+            series.push(Series::solid(
+                format!("{} gold", c.arm),
+                c.against_sqrt_kl("eval/gold/score"),
+                k,
+            ));
+            series.push(Series::dashed(
+                format!("{} proxy", c.arm),
+                c.against_sqrt_kl("eval/objective/scores"),
+                k,
+            ));
         }
         let name = format!("sqrtkl-lr{lr}.svg");
         let p = fig_dir.join(&name);
-        std::fs::write(
-            &p,
-            svg_plot(
-                &format!("gold and proxy vs sqrt(KL), lr {lr}"),
-                "sqrt(KL exact)",
-                "score",
-                &series,
-            ),
-        )
-        .map_err(io(&p))?;
+        let svg = svg_lines(
+            &format!("gold and proxy vs sqrt(KL), lr {lr}"),
+            "sqrt(KL exact) (sqrt nats)",
+            "score",
+            &series,
+        );
+        std::fs::write(&p, svg).map_err(io(&p))?;
         let _ = writeln!(
             md,
             "![gold and proxy vs sqrt(KL), lr {lr}](figures/{name})\n"
         );
     }
+    md.push_str(&fits_section(&curves, &arms, fig_dir)?);
+    if let Some(bon) = &comp.best_of_n {
+        md.push_str(&best_of_n_section(bon, fig_dir)?);
+    }
+    write_summary(spec, comp, &curves)?;
 
     // Samples.
     let _ = writeln!(md, "\n## Sample responses\n");
@@ -675,4 +591,192 @@ pub fn findings(curves: &[Curve], offline: &BTreeMap<String, BTreeMap<String, f6
          Read the figures before the labels: with few evaluation prompts, differences under about 0.05 in win rate are noise."
     );
     s
+}
+
+fn coef(f: Option<Fit>) -> (String, String, String) {
+    match f {
+        Some(f) => (
+            format!("{:.3}", f.alpha),
+            format!("{:.3}", f.beta),
+            format!("{:.2}", f.r2),
+        ),
+        None => ("n/a".into(), "n/a".into(), "n/a".into()),
+    }
+}
+
+/// Gao et al.'s RL form per run: a table and the fits drawn over the points.
+fn fits_section(curves: &[Curve], arms: &[String], fig_dir: &Path) -> Result<String, TrainError> {
+    let mut md = String::new();
+    if curves.is_empty() {
+        return Ok(md);
+    }
+    let _ = writeln!(
+        md,
+        "\n## Gold against distance: Gao et al.'s RL form\n\nThe gold gain over the first \
+         evaluation, R(d) = d (alpha - beta ln d) with d = sqrt(KL exact), fitted by least squares \
+         to each run's evaluations (beta > 0: the gain turns down far from the reference).\n\n\
+         | run | alpha | beta | R² |\n|---|---|---|---|"
+    );
+    for c in curves {
+        let (a, b, r) = coef(c.gold_fit());
+        let _ = writeln!(md, "| {} | {a} | {b} | {r} |", c.label);
+    }
+    let mut lrs: Vec<&str> = curves.iter().map(|c| c.lr.as_str()).collect();
+    lrs.dedup();
+    md.push('\n');
+    for lr in lrs {
+        let mut series = Vec::new();
+        for c in curves.iter().filter(|c| c.lr == lr) {
+            let k = arms.iter().position(|x| *x == c.arm).unwrap_or(0);
+            let pts = c.against_sqrt_kl("eval/gold/score");
+            let g0 = pts.first().map_or(0.0, |p| p.1);
+            let gains: Vec<(f64, f64)> = pts.iter().map(|&(d, g)| (d, g - g0)).collect();
+            let dmax = gains.iter().map(|p| p.0).fold(0.0, f64::max);
+            series.push(Series::solid(c.arm.clone(), gains, k));
+            if let Some(f) = c.gold_fit() {
+                let line = (0..=40)
+                    .map(|i| {
+                        let d = dmax * i as f64 / 40.0;
+                        (d, f.at(d))
+                    })
+                    .collect();
+                series.push(Series {
+                    markers: false,
+                    ..Series::dashed(format!("{} fit", c.arm), line, k)
+                });
+            }
+        }
+        let name = format!("gold-fit-lr{lr}.svg");
+        let p = fig_dir.join(&name);
+        let svg = svg_lines(
+            &format!("gold gain vs sqrt(KL) and the fitted RL form, lr {lr}"),
+            "sqrt(KL exact) (sqrt nats)",
+            "gold gain over step 0",
+            &series,
+        );
+        std::fs::write(&p, svg).map_err(io(&p))?;
+        let _ = writeln!(md, "![gold gain and fits, lr {lr}](figures/{name})\n");
+    }
+    Ok(md)
+}
+
+/// The best-of-n curve: a table, its figure and Gao et al.'s best-of-n form fitted to it.
+fn best_of_n_section(bon: &[BonPoint], fig_dir: &Path) -> Result<String, TrainError> {
+    let mut md = String::new();
+    let g1 = bon.first().map_or(0.0, |p| p.gold);
+    let gains: Vec<(f64, f64)> = bon.iter().map(|p| (p.kl.sqrt(), p.gold - g1)).collect();
+    let fitted = fit(Form::BestOfN, &gains);
+    let (a, b, r) = coef(fitted);
+    let _ = writeln!(
+        md,
+        "\n## Best-of-n from the SFT policy\n\nFor each held-out prompt, samples are drawn from \
+         the SFT policy as the online arms draw them; \"proxy-selected\" is the expected score of \
+         the proxy's favourite among n of them (exact over n-subsets), \"gold-selected\" the \
+         judge's own favourite (the ceiling), against KL_bon = ln n - (n - 1)/n. Gao et al.'s \
+         form R(d) = d (alpha - beta d) fitted to the gold gain: alpha {a}, beta {b}, R² {r}.\n\n\
+         | n | KL_bon | proxy (proxy-selected) | gold (proxy-selected) | gold (gold-selected) |\n\
+         |---|---|---|---|---|"
+    );
+    for p in bon {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {} | {} | {} |",
+            p.n,
+            p.kl,
+            f(p.proxy),
+            f(p.gold),
+            f(p.gold_ceiling)
+        );
+    }
+    let d: Vec<f64> = bon.iter().map(|p| p.kl.sqrt()).collect();
+    let pick = |v: fn(&BonPoint) -> f64| -> Vec<(f64, f64)> {
+        d.iter().zip(bon).map(|(x, p)| (*x, v(p))).collect()
+    };
+    let mut series = vec![
+        Series::solid("gold, proxy-selected", pick(|p| p.gold), 0),
+        Series::dashed("proxy, proxy-selected", pick(|p| p.proxy), 0),
+        Series::solid("gold, gold-selected", pick(|p| p.gold_ceiling), 2),
+    ];
+    if let Some(f) = fitted {
+        let dmax = d.iter().copied().fold(0.0, f64::max);
+        let line = (0..=40)
+            .map(|i| {
+                let x = dmax * i as f64 / 40.0;
+                (x, g1 + f.at(x))
+            })
+            .collect();
+        series.push(Series {
+            markers: false,
+            ..Series::dashed("gold fit d(alpha - beta d)", line, 1)
+        });
+    }
+    let p = fig_dir.join("best-of-n.svg");
+    let svg = svg_lines(
+        "best-of-n from SFT: gold and proxy vs sqrt(KL_bon)",
+        "sqrt(KL_bon) (sqrt nats)",
+        "score",
+        &series,
+    );
+    std::fs::write(&p, svg).map_err(io(&p))?;
+    let _ = writeln!(md, "\n![best-of-n](figures/best-of-n.svg)\n");
+    Ok(md)
+}
+
+/// `<out>/summary.json`: per run the peak gold (its step and KL), final gold, win rate, proxy and
+/// exact KL, and the fitted coefficients; the offline evaluations; the best-of-n curve and fit.
+fn write_summary(
+    spec: &PipelineSpec,
+    comp: &Comparison,
+    curves: &[Curve],
+) -> Result<(), TrainError> {
+    use serde_json::json;
+    let fit_json = |f: Option<Fit>| match f {
+        Some(f) => json!({"alpha": f.alpha, "beta": f.beta, "r2": f.r2, "points": f.points}),
+        None => Value::Null,
+    };
+    let num = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
+    let mut runs = Map::new();
+    for c in curves {
+        let (ps, pv) = c.peak("eval/gold/score");
+        let kl_at_peak = c
+            .points
+            .iter()
+            .find(|(s, _)| *s == ps)
+            .and_then(|(_, m)| m.get("eval/objective/kl_exact"))
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN);
+        runs.insert(
+            c.label.clone(),
+            json!({
+                "arm": c.arm,
+                "lr": c.lr,
+                "first_gold": num(c.first("eval/gold/score")),
+                "peak_gold": num(pv),
+                "peak_step": ps,
+                "peak_kl_exact": num(kl_at_peak),
+                "final_gold": num(c.last("eval/gold/score")),
+                "final_win_rate": num(c.last("eval/gold/win_rate")),
+                "first_proxy": num(c.first("eval/objective/scores")),
+                "final_proxy": num(c.last("eval/objective/scores")),
+                "final_kl_exact": num(c.last("eval/objective/kl_exact")),
+                "fit": fit_json(c.gold_fit()),
+            }),
+        );
+    }
+    let bon = comp.best_of_n.as_ref().map(|b| {
+        let g1 = b.first().map_or(0.0, |p| p.gold);
+        let gains: Vec<(f64, f64)> = b.iter().map(|p| (p.kl.sqrt(), p.gold - g1)).collect();
+        json!({"curve": b, "fit": fit_json(fit(Form::BestOfN, &gains))})
+    });
+    let summary = json!({
+        "name": spec.name,
+        "seed": spec.seed,
+        "rm_accuracy": comp.rm_accuracy,
+        "pairs": comp.pairs,
+        "offline": comp.offline,
+        "online": runs,
+        "best_of_n": bon,
+    });
+    let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
+    crate::common::write_atomically(&spec.out.join("summary.json"), &(text + "\n"))
 }

@@ -4,9 +4,12 @@
 //! [`run`] drives the stages (resume, skip, export) and [`report`] writes `report.md` (with
 //! [`compare`]'s comparison of evaluated policies when there is one);
 //! [`judge`] holds the held-out scorers; [`synthetic`], [`pairs`] and [`scratch`] serve the
-//! stages that write data, label pairs and draw models from scratch (the built-in study).
+//! stages that write data, label pairs and draw models from scratch (the built-in study);
+//! [`best_of_n`] measures Gao et al.'s best-of-n curve and [`fit`] fits their functional forms.
 
+pub mod best_of_n;
 pub mod compare;
+pub mod fit;
 pub mod inputs;
 pub mod judge;
 pub mod pairs;
@@ -14,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod scratch;
 pub mod spec;
+pub mod svg;
 pub mod synthetic;
 
 pub use run::{PipelineOutput, TrainOptions, run_pipeline};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::compare::svg_plot;
+use super::svg::svg_plot;
 use super::spec::PipelineSpec;
 use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;

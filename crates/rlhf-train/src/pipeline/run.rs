@@ -422,6 +422,44 @@ fn run_one(
             }
             Ok(())
         }
+        StageConfig::BestOfN(cfg) => {
+            let (_, prompts) = prompt_data(st, &text, false, 0.1)?;
+            let policy = causal_lm(spec, st, "policy", &inp.policy, &text, plain)?;
+            let v = policy.config().vocab_size;
+            check_vocab(spec, i, &text, v)?;
+            let Some(rm) = &inp.reward_model else {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "stages.{}.reward_model: missing; best-of-n selects by a reward model",
+                        st.name
+                    ),
+                });
+            };
+            let rm = reward_model(spec, st, "reward_model", rm, plain)?;
+            let Some(j) = judge(spec, st, &text, v, plain)? else {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "stages.{}.judge: missing; best-of-n measures the gold score of the \
+                         selected samples with a judge (a reward model, or \"synthetic\")",
+                        st.name
+                    ),
+                });
+            };
+            std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
+            let decode = decoder(&text);
+            let bon = super::best_of_n::BonInputs {
+                policy: &policy,
+                reward_model: &rm,
+                judge: j.as_ref(),
+                prompts: &prompts,
+                decode: &decode,
+                eos: text.eos(st)?,
+                pad: text.pad(st)?,
+                seed,
+            };
+            super::best_of_n::write_best_of_n(&ro.dir, &bon, cfg)?;
+            Ok(())
+        }
         StageConfig::Synthetic(_) => unreachable!("handled above"),
     }
 }

@@ -4,7 +4,7 @@
 //! A seed in a stage table is either a number, used as it is, or `[a, b]`, derived from the
 //! file's `seed` as `mix(seed, a, b)` (so that `--set seed=N` moves every stage). A stage
 //! without `seed` derives one from its type: `[1, 0]` SFT, `[5, 0]` reward, `[6, 0]` offline,
-//! `[7, 0]` online and evaluate; a pairs stage uses the file's seed.
+//! `[7, 0]` online and evaluate, `[8, 0]` best-of-n; a pairs stage uses the file's seed.
 
 use std::path::Path;
 
@@ -45,6 +45,7 @@ pub fn default_seed(config: &StageConfig, file_seed: u64) -> u64 {
         StageConfig::Reward(_) => 5,
         StageConfig::Offline(_) => 6,
         StageConfig::Online(_) | StageConfig::Evaluate(_) => 7,
+        StageConfig::BestOfN(_) => 8,
         StageConfig::Pairs(_) | StageConfig::Synthetic(_) => return file_seed,
     };
     mix(file_seed, stream, 0)

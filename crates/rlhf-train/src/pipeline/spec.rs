@@ -228,7 +228,8 @@ fn stage_tables(
             cfg_err(
                 source,
                 "expected [stages.NAME] tables (a pipeline) or one [sft], [reward], [offline], \
-                 [online], [pairs], [evaluate] or [synthetic] table (a single stage)",
+                 [online], [pairs], [evaluate], [synthetic] or [best_of_n] table (a single \
+                 stage)",
             )
         })?;
     let mut stage = toml::Table::new();
@@ -254,8 +255,8 @@ fn parse_stage(name: &str, mut t: toml::Table, source: &str) -> Result<StageSpec
             return Err(cfg_err(
                 &at,
                 "a stage needs one config table naming its type: [..sft], [..reward], \
-                 [..offline], [..online], [..pairs], [..evaluate] or [..synthetic] (it may be \
-                 empty)",
+                 [..offline], [..online], [..pairs], [..evaluate], [..synthetic] or \
+                 [..best_of_n] (it may be empty)",
             ));
         }
         many => {
