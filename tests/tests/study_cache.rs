@@ -50,6 +50,24 @@ fn damaged_cached_stages_are_detected_and_retrained() {
     let pairs = stage_dir(&tmp, "pairs").join("pairs.jsonl");
     let good_pairs = std::fs::read_to_string(&pairs).unwrap();
     assert!(sft.join("manifest.json").is_file());
+    // The comparison's machine-readable summary: every online run, and the best-of-n curve,
+    // whose n = 1 point is the mean sample (proxy- and gold-selected alike) and whose ceiling
+    // never falls below the proxy's choice.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.join("cache-test/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["online"].as_object().unwrap().len(), 1, "{summary}");
+    let curve = summary["best_of_n"]["curve"].as_array().unwrap();
+    assert_eq!(curve[0]["n"], 1);
+    assert_eq!(curve[0]["gold"], curve[0]["gold_ceiling"]);
+    for p in curve {
+        let (g, c) = (
+            p["gold"].as_f64().unwrap(),
+            p["gold_ceiling"].as_f64().unwrap(),
+        );
+        assert!(c >= g - 1e-9, "{p}");
+    }
 
     // An intact cache is reused: nothing is rewritten.
     let stamp = modified(&weights);

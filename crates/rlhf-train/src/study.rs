@@ -24,8 +24,8 @@ use crate::config::{
     Validate,
 };
 use crate::error::{TrainError, io};
-use crate::pipeline::compare::{load_curves, runs_of};
 use crate::pipeline::best_of_n::BestOfNConfig;
+use crate::pipeline::compare::{load_curves, runs_of};
 use crate::pipeline::pairs::PairsConfig;
 pub use crate::pipeline::scratch::ModelSize;
 use crate::pipeline::scratch::SeedSpec;

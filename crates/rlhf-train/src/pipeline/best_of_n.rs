@@ -202,11 +202,12 @@ pub fn write_best_of_n(
             samples_per_prompt: m,
             seed: mix(inp.seed, 0xB0, ci as u64),
         };
-        let mut samples = rlhf_rollout::try_generate(inp.policy, &ids, &generation).map_err(
-            |e| TrainError::Mismatch {
-                what: format!("best-of-n: sampling from the policy: {e}"),
-            },
-        )?;
+        let mut samples =
+            rlhf_rollout::try_generate(inp.policy, &ids, &generation).map_err(|e| {
+                TrainError::Mismatch {
+                    what: format!("best-of-n: sampling from the policy: {e}"),
+                }
+            })?;
         samples.sort_by_key(|s| (s.prompt_index, s.sample_index));
         let proxy = proxy_scores(
             inp.reward_model,
@@ -219,9 +220,17 @@ pub fn write_best_of_n(
             let p = &chunk[k];
             let gold: Vec<f32> = group
                 .iter()
-                .map(|s| inp.judge.score(&p.text, &(inp.decode)(&s.response_ids)).total)
+                .map(|s| {
+                    inp.judge
+                        .score(&p.text, &(inp.decode)(&s.response_ids))
+                        .total
+                })
                 .collect();
-            if let Some(bad) = gold.iter().chain(&proxy[k * m..(k + 1) * m]).find(|v| !v.is_finite()) {
+            if let Some(bad) = gold
+                .iter()
+                .chain(&proxy[k * m..(k + 1) * m])
+                .find(|v| !v.is_finite())
+            {
                 return Err(TrainError::Mismatch {
                     what: format!("best-of-n: a score of a response to `{}` is {bad}", p.text),
                 });

@@ -121,10 +121,10 @@ pub fn comparison(spec: &PipelineSpec) -> Result<Comparison, TrainError> {
                     c.rm_accuracy = last_eval(&spec.out.join(rm), "eval/accuracy")?;
                 }
             }
-            StageConfig::BestOfN(_) if c.best_of_n.is_none() => {
-                if dir.join("best_of_n.jsonl").is_file() {
-                    c.best_of_n = Some(read_best_of_n(&dir)?);
-                }
+            StageConfig::BestOfN(_)
+                if c.best_of_n.is_none() && dir.join("best_of_n.jsonl").is_file() =>
+            {
+                c.best_of_n = Some(read_best_of_n(&dir)?);
             }
             StageConfig::Pairs(_) if c.pairs.is_none() => {
                 let p = dir.join("stats.json");
@@ -397,7 +397,12 @@ pub fn comparison_section(
         let group: Vec<&Curve> = curves.iter().filter(|c| &c.lr == lr).collect();
         for (key, title, unit, file) in [
             ("eval/gold/score", "gold score", "gold score", "gold"),
-            ("eval/objective/scores", "proxy RM score", "proxy score", "proxy"),
+            (
+                "eval/objective/scores",
+                "proxy RM score",
+                "proxy score",
+                "proxy",
+            ),
             (
                 "eval/gold/win_rate",
                 "gold win rate vs reference",

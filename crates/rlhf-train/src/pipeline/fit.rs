@@ -113,7 +113,10 @@ mod tests {
                 })
                 .collect();
             let f = fit(form, &pts).unwrap();
-            assert!((f.alpha - 1.5).abs() < 1e-9 && (f.beta - 0.4).abs() < 1e-9, "{f:?}");
+            assert!(
+                (f.alpha - 1.5).abs() < 1e-9 && (f.beta - 0.4).abs() < 1e-9,
+                "{f:?}"
+            );
             assert!((f.r2 - 1.0).abs() < 1e-12);
             assert_eq!(f.points, 12);
         }

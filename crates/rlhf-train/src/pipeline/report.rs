@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::svg::svg_plot;
 use super::spec::PipelineSpec;
+use super::svg::svg_plot;
 use crate::error::{TrainError, io};
 use crate::metrics::read_metrics;
 

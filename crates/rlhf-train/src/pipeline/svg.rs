@@ -112,7 +112,11 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
 
 /// An SVG line plot of styled series.
 pub fn svg_lines(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
-    let longest = series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+    let longest = series
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
     let legend_w = 50.0 + 7.0 * longest as f64;
     let (ml, mt, mb, pw, ph) = (70.0, 40.0, 50.0, 470.0, 310.0);
     let (w, h) = (ml + pw + legend_w + 10.0, mt + ph + mb);
@@ -228,7 +232,10 @@ mod tests {
         assert_eq!(nice_ticks(0.0, 10.0, 5), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         let t = nice_ticks(-0.751, 0.402, 6);
         assert_eq!(t.len(), 6, "{t:?}");
-        assert!((t[0] + 0.6).abs() < 1e-9 && (t[5] - 0.4).abs() < 1e-9, "{t:?}");
+        assert!(
+            (t[0] + 0.6).abs() < 1e-9 && (t[5] - 0.4).abs() < 1e-9,
+            "{t:?}"
+        );
         assert_eq!(fmt_tick(-0.0, 0.2), "0.0");
         assert_eq!(fmt_tick(0.4, 0.2), "0.4");
         assert_eq!(fmt_tick(200.0, 50.0), "200");
@@ -236,7 +243,11 @@ mod tests {
             "t",
             "x",
             "y",
-            &[Series::dashed("entropy_len_norm proxy", vec![(0.0, 1.0), (1.0, 2.0)], 3)],
+            &[Series::dashed(
+                "entropy_len_norm proxy",
+                vec![(0.0, 1.0), (1.0, 2.0)],
+                3,
+            )],
         );
         assert!(svg.contains("stroke-dasharray") && svg.contains("entropy_len_norm proxy"));
     }
