@@ -149,6 +149,10 @@ enum Cmd {
         /// study's is `configs/study.toml`.
         #[arg(long)]
         print_pipeline: bool,
+        /// After the run, print the README's results table from `runs/<name>/summary.json`
+        /// (the default study's; copy that file to docs/summary.json with the table).
+        #[arg(long)]
+        readme_table: bool,
     },
     /// Numerical check of the theory: SimPO as maximum-entropy RL, on bandits.
     Theory {
@@ -234,6 +238,7 @@ fn main() -> Result<()> {
             check,
             seeds,
             print_pipeline,
+            readme_table,
         } => {
             let how = StudyRun {
                 quick,
@@ -241,6 +246,7 @@ fn main() -> Result<()> {
                 check,
                 seeds,
                 print_pipeline,
+                readme_table,
             };
             study(config, &sets, how)
         }
@@ -477,6 +483,7 @@ struct StudyRun {
     check: bool,
     seeds: Option<Vec<u64>>,
     print_pipeline: bool,
+    readme_table: bool,
 }
 
 fn study(config: Option<PathBuf>, sets: &[String], how: StudyRun) -> Result<()> {
@@ -487,6 +494,7 @@ fn study(config: Option<PathBuf>, sets: &[String], how: StudyRun) -> Result<()> 
         check,
         seeds,
         print_pipeline,
+        readme_table,
     } = how;
     let (text, source) = match &config {
         Some(p) => (
@@ -538,6 +546,14 @@ fn study(config: Option<PathBuf>, sets: &[String], how: StudyRun) -> Result<()> 
     }
     let out = rlhf_train::run_study(cfg.clone(), !quiet)?;
     println!("report: {}", out.report.display());
+    if readme_table {
+        let p = out.root.join("summary.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        print!("{}", rlhf_train::study::readme_table(&v)?);
+    }
     if check {
         let failed = rlhf_train::study::check_study(&out, &cfg)?;
         if !failed.is_empty() {

@@ -734,6 +734,75 @@ pub fn write_sweep_report(outs: &[(u64, StudyOutput)], path: &Path) -> Result<()
     std::fs::write(path, md).map_err(io(path))
 }
 
+/// Two significant digits, "0" for zero (KL in the README).
+fn sig2(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let digits = (1 - x.abs().log10().floor() as i32).max(0) as usize;
+    format!("{x:.digits$}")
+}
+
+/// Three decimals with a typographic minus.
+fn dec3(x: f64) -> String {
+    format!("{x:.3}").replace('-', "−")
+}
+
+/// The README's results table, from a default study's `summary.json` (what `cargo xtask train`
+/// writes to `runs/study/summary.json`; `docs/summary.json` is the copy the README quotes, and a
+/// test keeps the two in step).
+pub fn readme_table(summary: &serde_json::Value) -> Result<String, TrainError> {
+    let missing = |what: &str| TrainError::Mismatch {
+        what: format!("summary.json: no {what} (is it a default study's summary?)"),
+    };
+    let num = |v: &serde_json::Value, what: &str| v.as_f64().ok_or_else(|| missing(what));
+    let offline = |name: &str, key: &str| num(&summary["offline"][name][key], name);
+    let online = |label: &str, key: &str| num(&summary["online"][label][key], label);
+    let acc = num(&summary["rm_accuracy"], "rm_accuracy")?;
+    let mut t = format!(
+        "| run (proxy RM: {:.1}% held-out pair accuracy) | final gold | final win rate vs \
+         references | final KL to SFT |\n|---|---|---|---|\n",
+        acc * 100.0
+    );
+    let g = "eval/gold/score";
+    let w = "eval/gold/win_rate";
+    let k = "eval/objective/kl_exact";
+    t.push_str(&format!(
+        "| SFT | {} | {} | {} |\n",
+        dec3(offline("sft", g)?),
+        dec3(offline("sft", w)?),
+        sig2(offline("sft", k)?)
+    ));
+    t.push_str(&format!(
+        "| DPO / SimPO (offline) | {} / {} | {} / {} | {} / {} |\n",
+        dec3(offline("dpo", g)?),
+        dec3(offline("simpo", g)?),
+        dec3(offline("dpo", w)?),
+        dec3(offline("simpo", w)?),
+        sig2(offline("dpo", k)?),
+        sig2(offline("simpo", k)?)
+    ));
+    for (title, arm) in [
+        ("RLOO + KL 0.05 (lr 3e-5 / 3e-4)", "kl"),
+        ("RLOO, no regulariser", "none"),
+        ("RLOO + entropy α 0.05", "entropy_0.05"),
+        ("RLOO + entropy α 0.2", "entropy_0.2"),
+        ("RLOO + length-normalised entropy", "entropy_len_norm"),
+    ] {
+        let (lo, hi) = (format!("{arm}@lr3e-5"), format!("{arm}@lr3e-4"));
+        t.push_str(&format!(
+            "| {title} | {} / {} | {} / {} | {} / {} |\n",
+            dec3(online(&lo, "final_gold")?),
+            dec3(online(&hi, "final_gold")?),
+            dec3(online(&lo, "final_win_rate")?),
+            dec3(online(&hi, "final_win_rate")?),
+            sig2(online(&lo, "final_kl_exact")?),
+            sig2(online(&hi, "final_kl_exact")?)
+        ));
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,6 +841,23 @@ mod tests {
             assert_eq!(a.seed(one.seed), b.seed(w1.seed), "{}", a.name);
             assert_eq!(a.init_seed(one.seed), b.init_seed(w1.seed), "{}", a.name);
         }
+    }
+
+    #[test]
+    fn the_readme_table_is_the_committed_summary() {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo_file("docs/summary.json")).unwrap())
+                .unwrap();
+        let table = readme_table(&summary).unwrap();
+        let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
+        assert!(
+            readme.contains(&table),
+            "README's table differs from docs/summary.json; it should read:\n{table}"
+        );
+        assert_eq!(sig2(1.0243), "1.0");
+        assert_eq!(sig2(17.47), "17");
+        assert_eq!(sig2(0.1304), "0.13");
+        assert_eq!(dec3(-1.4361), "−1.436");
     }
 
     #[test]
