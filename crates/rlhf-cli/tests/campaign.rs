@@ -579,6 +579,8 @@ fn study_settings(c: &mut Campaign) {
             "`online.max_new_tokens` = 100000",
         ),
         ("online.prompts_per_step=0", "`online.prompts_per_step` = 0"),
+        ("best_of_n.max_n=100000", "`best_of_n.max_n` = 100000"),
+        ("best_of_n.num_prompts=0", "`best_of_n.num_prompts` = 0"),
         ("online.eval.every=0", "`online.eval.every` = 0"),
         (
             "online.regularizer={ type = \"kl\", coef = -1 }",

@@ -401,6 +401,14 @@ impl StudyConfig {
                 });
             }
         }
+        if self.best_of_n.max_n > 0 {
+            BestOfNConfig {
+                max_n: self.best_of_n.max_n,
+                num_prompts: self.best_of_n.num_prompts,
+                ..BestOfNConfig::default()
+            }
+            .validate("best_of_n")?;
+        }
         // Sizes (zero, or too large for this machine's memory) before any allocation.
         let vocab = SyntheticTask::new(self.task.clone())?
             .tokenizer()
