@@ -287,8 +287,11 @@ pub fn comparison_section(
     if let Some((_, c)) = online.first() {
         let _ = writeln!(
             md,
-            "Every policy is evaluated on up to {} held-out prompts with {:?} decoding, scored              by the judge (\"gold\") and by the reward model it is optimised against              (\"proxy\"); every number below is read from the stages' `metrics.jsonl`.",
-            c.eval.num_prompts, c.eval.decoding
+            "Every policy is evaluated on up to {} held-out prompts with {} decoding, scored by \
+             the judge (\"gold\") and by the reward model it is optimised against (\"proxy\"); \
+             every number below is read from the stages' `metrics.jsonl`.",
+            c.eval.num_prompts,
+            format!("{:?}", c.eval.decoding).to_lowercase()
         );
     }
     if let Some(acc) = comp.rm_accuracy {

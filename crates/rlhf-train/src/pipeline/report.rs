@@ -65,13 +65,17 @@ fn series(rows: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
 pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, TrainError> {
     let figs = spec.out.join("figures");
     std::fs::create_dir_all(&figs).map_err(io(&figs))?;
+    let source = spec.source.display().to_string();
+    let source = if source.starts_with('<') {
+        format!("the {}", source.trim_matches(['<', '>'])) // "the built-in study"
+    } else {
+        format!("`{source}`")
+    };
     let mut md = format!(
-        "# {}\n\nStages of `{}`, seed {}, this run {elapsed_s:.0} s. The resolved config is \
+        "# {}\n\nStages of {}, seed {}, this run {elapsed_s:.0} s. The resolved config is \
          `config.toml` next to this report: `rlhf train config.toml` runs it again (to continue, \
          or to check that nothing is left to do).\n\n",
-        spec.name,
-        spec.source.display(),
-        spec.seed
+        spec.name, source, spec.seed
     );
     let comp = super::compare::comparison(spec)?;
     if !comp.is_empty() {
