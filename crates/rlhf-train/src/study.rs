@@ -56,13 +56,15 @@ pub struct DataSizes {
 
 impl Default for DataSizes {
     fn default() -> Self {
+        // The defaults of the stages these sizes feed.
+        let (data, pairs) = (SyntheticDataConfig::default(), PairsConfig::default());
         Self {
-            sft_examples: 4000,
-            pairs: 3000,
-            online_prompts: 2000,
-            eval_prompts: 128,
-            pair_temperatures: [0.7, 1.5],
-            drop_gold_ties: true,
+            sft_examples: data.sft_examples,
+            pairs: data.pairs,
+            online_prompts: data.online_prompts,
+            eval_prompts: data.eval_prompts,
+            pair_temperatures: pairs.temperatures,
+            drop_gold_ties: pairs.drop_ties,
         }
     }
 }
@@ -402,12 +404,7 @@ impl StudyConfig {
             }
         }
         if self.best_of_n.max_n > 0 {
-            BestOfNConfig {
-                max_n: self.best_of_n.max_n,
-                num_prompts: self.best_of_n.num_prompts,
-                ..BestOfNConfig::default()
-            }
-            .validate("best_of_n")?;
+            self.best_of_n_config().validate("best_of_n")?;
         }
         // Sizes (zero, or too large for this machine's memory) before any allocation.
         let vocab = SyntheticTask::new(self.task.clone())?
@@ -564,13 +561,7 @@ impl StudyConfig {
             ));
         }
         if self.best_of_n.max_n > 0 {
-            let cfg = BestOfNConfig {
-                max_n: self.best_of_n.max_n,
-                num_prompts: self.best_of_n.num_prompts,
-                sampling: self.online.sampling,
-                max_new_tokens: self.online.max_new_tokens,
-                missing_eos_penalty: self.online.missing_eos_penalty,
-            };
+            let cfg = self.best_of_n_config();
             let mut i = online("stage:sft");
             i.reference = None;
             stages.push(stage("best_of_n", i, StageConfig::BestOfN(cfg)));
@@ -596,6 +587,18 @@ impl StudyConfig {
 }
 
 impl StudyConfig {
+    /// The best-of-n stage's config: the study's sizes, sampled and scored as the online arms
+    /// sample and score.
+    fn best_of_n_config(&self) -> BestOfNConfig {
+        BestOfNConfig {
+            max_n: self.best_of_n.max_n,
+            num_prompts: self.best_of_n.num_prompts,
+            sampling: self.online.sampling,
+            max_new_tokens: self.online.max_new_tokens,
+            missing_eos_penalty: self.online.missing_eos_penalty,
+        }
+    }
+
     /// The study as a pipeline file for `rlhf train` (`configs/study.toml` is the default
     /// study's): its stages without `out`, which defaults to `runs/<name>` as the study's does.
     pub fn pipeline_toml(&self) -> String {

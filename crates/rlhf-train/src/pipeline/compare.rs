@@ -168,10 +168,14 @@ impl Curve {
     /// Gao et al.'s RL form fitted to the gold gain over the first evaluation against
     /// sqrt(KL).
     pub fn gold_fit(&self) -> Option<Fit> {
+        fit(Form::Rl, &self.gold_gains())
+    }
+
+    /// (sqrt(KL exact), gold gain over the first evaluation) at each evaluation.
+    pub fn gold_gains(&self) -> Vec<(f64, f64)> {
         let pts = self.against_sqrt_kl("eval/gold/score");
-        let g0 = pts.first()?.1;
-        let gains: Vec<(f64, f64)> = pts.iter().map(|&(d, g)| (d, g - g0)).collect();
-        fit(Form::Rl, &gains)
+        let g0 = pts.first().map_or(0.0, |p| p.1);
+        pts.iter().map(|&(d, g)| (d, g - g0)).collect()
     }
 
     /// Values of `key` by step (NaN where missing).
@@ -636,22 +640,12 @@ fn fits_section(curves: &[Curve], arms: &[String], fig_dir: &Path) -> Result<Str
         let mut series = Vec::new();
         for c in curves.iter().filter(|c| c.lr == lr) {
             let k = arms.iter().position(|x| *x == c.arm).unwrap_or(0);
-            let pts = c.against_sqrt_kl("eval/gold/score");
-            let g0 = pts.first().map_or(0.0, |p| p.1);
-            let gains: Vec<(f64, f64)> = pts.iter().map(|&(d, g)| (d, g - g0)).collect();
+            let gains = c.gold_gains();
+            let fitted = fit(Form::Rl, &gains);
             let dmax = gains.iter().map(|p| p.0).fold(0.0, f64::max);
             series.push(Series::solid(c.arm.clone(), gains, k));
-            if let Some(f) = c.gold_fit() {
-                let line = (0..=40)
-                    .map(|i| {
-                        let d = dmax * i as f64 / 40.0;
-                        (d, f.at(d))
-                    })
-                    .collect();
-                series.push(Series {
-                    markers: false,
-                    ..Series::dashed(format!("{} fit", c.arm), line, k)
-                });
+            if let Some(f) = fitted {
+                series.push(fit_line(format!("{} fit", c.arm), &f, dmax, 0.0, k));
             }
         }
         let name = format!("gold-fit-lr{lr}.svg");
@@ -668,12 +662,31 @@ fn fits_section(curves: &[Curve], arms: &[String], fig_dir: &Path) -> Result<Str
     Ok(md)
 }
 
+/// Gao et al.'s best-of-n form fitted to the gold gain over n = 1 against sqrt(KL_bon).
+fn bon_fit(bon: &[BonPoint]) -> Option<Fit> {
+    let g1 = bon.first().map_or(0.0, |p| p.gold);
+    let gains: Vec<(f64, f64)> = bon.iter().map(|p| (p.kl.sqrt(), p.gold - g1)).collect();
+    fit(Form::BestOfN, &gains)
+}
+
+/// A fitted curve drawn from d = 0 to `dmax`, shifted by `offset`: dashed, no markers.
+fn fit_line(name: impl Into<String>, f: &Fit, dmax: f64, offset: f64, color: usize) -> Series {
+    let points = (0..=40)
+        .map(|i| {
+            let d = dmax * i as f64 / 40.0;
+            (d, offset + f.at(d))
+        })
+        .collect();
+    Series {
+        markers: false,
+        ..Series::dashed(name, points, color)
+    }
+}
+
 /// The best-of-n curve: a table, its figure and Gao et al.'s best-of-n form fitted to it.
 fn best_of_n_section(bon: &[BonPoint], fig_dir: &Path) -> Result<String, TrainError> {
     let mut md = String::new();
-    let g1 = bon.first().map_or(0.0, |p| p.gold);
-    let gains: Vec<(f64, f64)> = bon.iter().map(|p| (p.kl.sqrt(), p.gold - g1)).collect();
-    let fitted = fit(Form::BestOfN, &gains);
+    let fitted = bon_fit(bon);
     let (a, b, r) = coef(fitted);
     let _ = writeln!(
         md,
@@ -707,16 +720,8 @@ fn best_of_n_section(bon: &[BonPoint], fig_dir: &Path) -> Result<String, TrainEr
     ];
     if let Some(f) = fitted {
         let dmax = d.iter().copied().fold(0.0, f64::max);
-        let line = (0..=40)
-            .map(|i| {
-                let x = dmax * i as f64 / 40.0;
-                (x, g1 + f.at(x))
-            })
-            .collect();
-        series.push(Series {
-            markers: false,
-            ..Series::dashed("gold fit d(alpha - beta d)", line, 1)
-        });
+        let g1 = bon.first().map_or(0.0, |p| p.gold);
+        series.push(fit_line("gold fit d(alpha - beta d)", &f, dmax, g1, 1));
     }
     let p = fig_dir.join("best-of-n.svg");
     let svg = svg_lines(
@@ -771,11 +776,10 @@ fn write_summary(
             }),
         );
     }
-    let bon = comp.best_of_n.as_ref().map(|b| {
-        let g1 = b.first().map_or(0.0, |p| p.gold);
-        let gains: Vec<(f64, f64)> = b.iter().map(|p| (p.kl.sqrt(), p.gold - g1)).collect();
-        json!({"curve": b, "fit": fit_json(fit(Form::BestOfN, &gains))})
-    });
+    let bon = comp
+        .best_of_n
+        .as_ref()
+        .map(|b| json!({"curve": b, "fit": fit_json(bon_fit(b))}));
     let summary = json!({
         "name": spec.name,
         "seed": spec.seed,

@@ -12,7 +12,7 @@ use rlhf_data::{
 };
 use rlhf_model::{CausalLm, Checkpoint, ModelConfig, RewardModel, reward_model_from_map};
 
-use super::scratch::new_score_head;
+use super::scratch::{ModelSize, new_score_head};
 use super::spec::{PipelineSpec, StageSpec, stage_ref};
 use crate::error::TrainError;
 use crate::online::OnlinePrompt;
@@ -66,9 +66,12 @@ fn open(
     Checkpoint::open(&path).map_err(|e| bad(st, field, e))
 }
 
-/// The config of the model stage `st` draws from scratch (`policy = "init"`) for `text`'s
-/// tokenizer.
-pub fn scratch_config(st: &StageSpec, text: &TextAssets) -> Result<ModelConfig, TrainError> {
+/// The size and config of the model stage `st` draws from scratch (`policy = "init"`) for
+/// `text`'s tokenizer.
+pub fn scratch_config<'a>(
+    st: &'a StageSpec,
+    text: &TextAssets,
+) -> Result<(&'a ModelSize, ModelConfig), TrainError> {
     let size = st.inputs.model.as_ref().ok_or_else(|| {
         bad(
             st,
@@ -78,7 +81,7 @@ pub fn scratch_config(st: &StageSpec, text: &TextAssets) -> Result<ModelConfig, 
     })?;
     let vocab = text.tok.vocab_size();
     size.validate(&format!("stages.{}.model", st.name), vocab)?;
-    Ok(size.config(vocab, text.eos(st)?, text.pad(st)?))
+    Ok((size, size.config(vocab, text.eos(st)?, text.pad(st)?)))
 }
 
 /// The causal LM of `field` (`policy` or `reference`) on `device`; `"init"` draws it from
@@ -92,8 +95,7 @@ pub fn causal_lm(
     device: &Device,
 ) -> Result<CausalLm, TrainError> {
     if value == "init" {
-        let cfg = scratch_config(st, text)?;
-        let size = st.inputs.model.as_ref().expect("checked by scratch_config");
+        let (size, cfg) = scratch_config(st, text)?;
         return size.causal_lm(&cfg, st.init_seed(spec.seed), device);
     }
     let ckpt = open(spec, st, field, value)?;
@@ -144,8 +146,7 @@ pub fn reward_from_policy(
 ) -> Result<RewardModel, TrainError> {
     let seed = st.init_seed(spec.seed);
     if st.inputs.policy == "init" {
-        let cfg = scratch_config(st, text)?;
-        let size = st.inputs.model.as_ref().expect("checked by scratch_config");
+        let (size, cfg) = scratch_config(st, text)?;
         return size.reward_model(&cfg, seed, device);
     }
     let ckpt = open(spec, st, "policy", &st.inputs.policy)?;

@@ -396,15 +396,14 @@ fn run_one(
             let policy = causal_lm(spec, st, "policy", &inp.policy, &text, plain)?;
             let v = policy.config().vocab_size;
             check_vocab(spec, i, &text, v)?;
-            let Some(j) = judge(spec, st, &text, v, plain)? else {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "stages.{}.judge: missing; a pairs stage labels its pairs with a judge \
-                         (a reward model, or \"synthetic\")",
-                        st.name
-                    ),
-                });
-            };
+            let j = required_judge(
+                spec,
+                st,
+                &text,
+                v,
+                plain,
+                "a pairs stage labels its pairs with a judge (a reward model, or \"synthetic\")",
+            )?;
             std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
             let eos = text.eos(st)?;
             let n = super::pairs::write_pairs(
@@ -427,24 +426,16 @@ fn run_one(
             let policy = causal_lm(spec, st, "policy", &inp.policy, &text, plain)?;
             let v = policy.config().vocab_size;
             check_vocab(spec, i, &text, v)?;
-            let Some(rm) = &inp.reward_model else {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "stages.{}.reward_model: missing; best-of-n selects by a reward model",
-                        st.name
-                    ),
-                });
-            };
-            let rm = reward_model(spec, st, "reward_model", rm, plain)?;
-            let Some(j) = judge(spec, st, &text, v, plain)? else {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "stages.{}.judge: missing; best-of-n measures the gold score of the \
-                         selected samples with a judge (a reward model, or \"synthetic\")",
-                        st.name
-                    ),
-                });
-            };
+            let rm = required_reward_model(spec, st, plain, "best-of-n selects by a reward model")?;
+            let j = required_judge(
+                spec,
+                st,
+                &text,
+                v,
+                plain,
+                "best-of-n measures the gold score of the selected samples with a judge (a \
+                 reward model, or \"synthetic\")",
+            )?;
             std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
             let decode = decoder(&text);
             let bon = super::best_of_n::BonInputs {
@@ -464,6 +455,38 @@ fn run_one(
     }
 }
 
+/// The error for an input that the stage's type needs.
+fn missing_input(st: &StageSpec, field: &str, why: &str) -> TrainError {
+    TrainError::Mismatch {
+        what: format!("stages.{}.{field}: missing; {why}", st.name),
+    }
+}
+
+/// The stage's `reward_model`, which its type needs (`why` says what for).
+fn required_reward_model(
+    spec: &PipelineSpec,
+    st: &StageSpec,
+    plain: &Device,
+    why: &str,
+) -> Result<RewardModel, TrainError> {
+    let Some(rm) = &st.inputs.reward_model else {
+        return Err(missing_input(st, "reward_model", why));
+    };
+    reward_model(spec, st, "reward_model", rm, plain)
+}
+
+/// The stage's `judge`, which its type needs.
+fn required_judge(
+    spec: &PipelineSpec,
+    st: &StageSpec,
+    text: &TextAssets,
+    vocab: usize,
+    plain: &Device,
+    why: &str,
+) -> Result<Box<dyn GoldScorer + Send + Sync>, TrainError> {
+    judge(spec, st, text, vocab, plain)?.ok_or_else(|| missing_input(st, "judge", why))
+}
+
 /// The policy (on `policy_device`), reference, reward model, judge and prompts of an online or
 /// evaluate stage.
 fn online_setup(
@@ -480,18 +503,12 @@ fn online_setup(
     let policy = causal_lm(spec, st, "policy", &inp.policy, text, policy_device)?;
     let r = inp.reference.as_deref().unwrap_or(&inp.policy);
     let reference = causal_lm(spec, st, "reference", r, text, plain)?;
-    let Some(rm) = &inp.reward_model else {
-        return Err(TrainError::Mismatch {
-            what: format!(
-                "stages.{}.reward_model: missing; an {} stage scores responses with a reward \
-                 model (an HF *ForSequenceClassification folder or \"stage:NAME\" of a reward \
-                 stage)",
-                st.name,
-                st.config.kind()
-            ),
-        });
-    };
-    let rm = reward_model(spec, st, "reward_model", rm, plain)?;
+    let why = format!(
+        "an {} stage scores responses with a reward model (an HF \
+         *ForSequenceClassification folder or \"stage:NAME\" of a reward stage)",
+        st.config.kind()
+    );
+    let rm = required_reward_model(spec, st, plain, &why)?;
     let v = policy.config().vocab_size;
     check_vocab(spec, i, text, v)?;
     let gold = judge(spec, st, text, v, plain)?;
