@@ -33,9 +33,9 @@ use rlhf_train::optim::global_grad_norm;
 use rlhf_train::runner::Progress;
 use rlhf_train::{
     Algorithm, EvalConfig, Metrics, OfflineConfig, OfflineTrainer, OnlineConfig, OnlinePrompt,
-    OnlineSetup, OnlineTrainer, OptimConfig, PairExample, RewardConfig, RewardTrainer, RunOptions,
-    Schedule, SftConfig, SftExample, SftTrainer, Stage, StageConfig, TrainError, Validate,
-    load_config, parse_config, parse_stage_config, run_stage,
+    OnlineSetup, OnlineTrainer, OptimConfig, PairExample, RewardConfig, RewardSource,
+    RewardTrainer, RunOptions, Schedule, SftConfig, SftExample, SftTrainer, Stage, StageConfig,
+    TrainError, Validate, load_config, parse_config, parse_stage_config, run_stage,
 };
 use serde_json::{Map, Value};
 
@@ -543,7 +543,7 @@ fn online_setup(seed: u64) -> OnlineSetup {
     OnlineSetup {
         policy: policy_on(1, &train_device()),
         reference: policy_on(1, &test_device()),
-        reward_model: reward_model_on(2, &test_device()),
+        reward: RewardSource::Model(Box::new(reward_model_on(2, &test_device()))),
         gold: Some(Box::new(t.gold())),
         decode: Box::new(move |ids: &[u32]| tok.decode(ids, false).expect("ids decode")),
         prompts: online_prompts(8, false),
@@ -1027,8 +1027,9 @@ fn online_nan_guard_restores_the_policy() {
         let cfg_m = tiny_config();
         let mut map = init_weights(&cfg_m, HeadKind::Score, 2, 0.02);
         map.get_mut("score.weight").unwrap().data[0] = f32::NAN;
-        setup.reward_model =
-            reward_model_from_map(&cfg_m, &map, Path::new("poisoned"), &test_device(), 0).unwrap();
+        setup.reward = RewardSource::Model(Box::new(
+            reward_model_from_map(&cfg_m, &map, Path::new("poisoned"), &test_device(), 0).unwrap(),
+        ));
         let cfg = online_config(algorithm, Regularizer::Kl(kl(KlEstimator::K1)), 2);
         let mut t = OnlineTrainer::new(name, cfg, setup).unwrap();
         let err = t.train_step(0).unwrap_err();
@@ -1392,14 +1393,16 @@ fn malformed_inputs_give_clear_errors() {
     );
     let mut setup = online_setup(0);
     let other = ModelConfig::tiny_llama(80, 32, 1);
-    setup.reward_model = reward_model_from_map(
-        &other,
-        &init_weights(&other, HeadKind::Score, 0, 0.02),
-        Path::new("rm"),
-        &test_device(),
-        0,
-    )
-    .unwrap();
+    setup.reward = RewardSource::Model(Box::new(
+        reward_model_from_map(
+            &other,
+            &init_weights(&other, HeadKind::Score, 0, 0.02),
+            Path::new("rm"),
+            &test_device(),
+            0,
+        )
+        .unwrap(),
+    ));
     check(
         err_text(OnlineTrainer::new("online", OnlineConfig::default(), setup)),
         &["reward model", "80", "75"],

@@ -261,3 +261,91 @@ fn sigkill_mid_stage_loses_at_most_one_checkpoint_interval() {
     let w = |d: &Path| std::fs::read(d.join("sft/final/model.safetensors")).unwrap();
     assert_eq!(w(&b), w(&dir.join("a")), "resumed weights differ");
 }
+
+/// The two reward sources besides a reward model: an RLOO stage trained against its judge
+/// (`reward_model = "judge"`: the reward it optimises is the judge's score, so its raw proxy
+/// score equals its gold score on every line), and one trained against the implicit reward of
+/// the DPO stage (`reward_model = "stage:dpo"`). A reward stage cannot use the judge.
+#[test]
+fn rl_against_the_judge_and_against_a_dpo_implicit_reward() {
+    let dir = scratch_dir("train-tiny-rewards");
+    let base = std::fs::read_to_string(pipeline(&dir)).unwrap();
+    let stage = |name: &str, reward: &str| {
+        base.split("[stages.rloo]")
+            .nth(1)
+            .unwrap()
+            .replace("[stages.rloo.online]", &format!("[stages.{name}.online]"))
+            .replace(
+                "reward_model = \"stage:rm\"",
+                &format!("reward_model = \"{reward}\""),
+            )
+    };
+    let head = base.split("[stages.rloo]").next().unwrap();
+    let text = format!(
+        "{head}[stages.gold]{}[stages.implicit]{}",
+        stage("gold", "judge"),
+        stage("implicit", "stage:dpo")
+    );
+    let file = dir.join("rewards.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, err) = train(&file, &dir.join("a"), &["--quiet"]);
+    assert!(ok, "{err}");
+    let lines = |s: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("a").join(s).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mut compared = 0;
+    for m in lines("gold") {
+        if let (Some(p), Some(g)) = (m.get("objective/scores_raw"), m.get("gold/score")) {
+            let (p, g) = (p.as_f64().unwrap(), g.as_f64().unwrap());
+            assert!((p - g).abs() < 1e-5, "proxy {p} != gold {g}: {m}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2, "no training lines with both scores");
+    // The implicit reward is beta * (log pi_dpo - log pi_sft): finite, and not the judge's.
+    let implicit = lines("implicit");
+    let raw: Vec<f64> = implicit
+        .iter()
+        .filter_map(|m| m.get("objective/scores_raw").and_then(|v| v.as_f64()))
+        .collect();
+    assert!(!raw.is_empty() && raw.iter().all(|x| x.is_finite()));
+    assert!(
+        implicit.iter().any(
+            |m| match (m.get("objective/scores_raw"), m.get("gold/score")) {
+                (Some(p), Some(g)) => (p.as_f64().unwrap() - g.as_f64().unwrap()).abs() > 1e-4,
+                _ => false,
+            }
+        ),
+        "the implicit reward equals the judge's score"
+    );
+
+    // `reward_model = "judge"` where no judge scores training samples: a clear error.
+    let bad = text.replacen(
+        "[stages.rm]\npolicy = \"stage:sft\"",
+        "[stages.rm]\npolicy = \"stage:sft\"\nreward_model = \"judge\"",
+        1,
+    );
+    let bad_file = dir.join("bad.toml");
+    std::fs::write(&bad_file, bad).unwrap();
+    let (ok, err) = train(&bad_file, &dir.join("b"), &["--quiet"]);
+    assert!(
+        !ok && err.contains("stages.rm.reward_model") && err.contains("names the stage's judge"),
+        "{err}"
+    );
+    // And an implicit reward from a stage that is not a DPO-family stage.
+    let sft_rm = text.replace(
+        "reward_model = \"stage:dpo\"",
+        "reward_model = \"stage:sft\"",
+    );
+    let f = dir.join("sft-rm.toml");
+    std::fs::write(&f, sft_rm).unwrap();
+    let (ok, err) = train(&f, &dir.join("c"), &["--quiet"]);
+    assert!(
+        !ok && err.contains("stages.implicit.reward_model") && err.contains("causal LM"),
+        "{err}"
+    );
+}

@@ -781,6 +781,11 @@ impl StageConfig {
         }
     }
 
+    /// Whether the stage samples and scores as an online stage does (`online`, `evaluate`).
+    pub fn is_online(&self) -> bool {
+        matches!(self, StageConfig::Online(_) | StageConfig::Evaluate(_))
+    }
+
     /// Whether the stage trains and exports a model (`final/`); the others write files.
     pub fn makes_model(&self) -> bool {
         matches!(

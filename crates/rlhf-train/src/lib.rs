@@ -32,9 +32,9 @@ pub use config::{
 pub use error::TrainError;
 pub use metrics::{Metrics, MetricsLog, read_metrics};
 pub use offline::OfflineTrainer;
-pub use online::{OnlinePrompt, OnlineSetup, OnlineTrainer};
+pub use online::{ImplicitReward, OnlinePrompt, OnlineSetup, OnlineTrainer, RewardSource};
 pub use optim::Optimizer;
 pub use reward::{PairExample, RewardTrainer};
 pub use runner::{RunOptions, Stage, run_stage};
 pub use sft::{SftExample, SftTrainer};
-pub use study::{Arm, DataSizes, ModelSize, StudyConfig, StudyOutput, run_study};
+pub use study::{Arm, ArmReward, DataSizes, ModelSize, StudyConfig, StudyOutput, run_study};

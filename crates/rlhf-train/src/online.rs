@@ -29,7 +29,7 @@ use rlhf_objectives::{
 use rlhf_rollout::{GenerationConfig, Sample};
 use serde_json::json;
 
-use crate::batch::{SeqBatch, scalar, to_vec};
+use crate::batch::{SeqBatch, completion_logps, scalar, to_vec};
 use crate::common::{batch_indices, load_policy, mix, save_policy};
 use crate::config::{Algorithm, EvalDecoding, OnlineConfig};
 use crate::error::TrainError;
@@ -57,8 +57,9 @@ pub struct OnlineSetup {
     pub policy: CausalLm,
     /// The frozen reference (SFT) model, on a plain device.
     pub reference: CausalLm,
-    /// The proxy reward model, on a plain device.
-    pub reward_model: RewardModel,
+    /// What scores the responses the policy is trained on: a learnt (proxy) reward model, or
+    /// a judge itself (RL against the gold scorer: the ceiling of what RL can reach).
+    pub reward: RewardSource,
     /// The held-out gold scorer (a judge), if any: `gold/*` metrics are logged only with one.
     pub gold: Option<Box<dyn GoldScorer + Send + Sync>>,
     /// Token ids -> text.
@@ -73,6 +74,47 @@ pub struct OnlineSetup {
     pub pad: u32,
     /// Seed of data order and sampling.
     pub seed: u64,
+}
+
+/// What an online stage optimises.
+pub enum RewardSource {
+    /// A reward model, on a plain device: the proxy of the Gao et al. setup.
+    Model(Box<RewardModel>),
+    /// A judge's score of the decoded text (`reward_model = "judge"` in a pipeline).
+    Judge(Box<dyn GoldScorer + Send + Sync>),
+    /// The implicit reward of a policy trained by DPO on preference pairs.
+    Implicit(Box<ImplicitReward>),
+}
+
+/// The implicit reward of a DPO-trained policy (Rafailov et al. 2023, section 5):
+/// `beta * (log pi(y|x) - log pi_ref(y|x))`, log-probs summed over the response tokens at
+/// temperature 1. Both models on a plain device.
+pub struct ImplicitReward {
+    /// The preference-trained policy.
+    pub policy: CausalLm,
+    /// The reference its preference loss was taken against.
+    pub reference: CausalLm,
+    /// The preference loss's beta.
+    pub beta: f32,
+}
+
+impl RewardSource {
+    /// Scores of the responses of `batch` (`prompts[i]`, `texts[i]`: the same rows as text).
+    fn score(&self, batch: &SeqBatch, prompts: &[&str], texts: &[String]) -> Vec<f32> {
+        match self {
+            Self::Model(rm) => to_vec(rm.forward(batch.ids.clone(), &batch.mask)),
+            Self::Judge(j) => prompts
+                .iter()
+                .zip(texts)
+                .map(|(p, t)| j.score(p, t).total)
+                .collect(),
+            Self::Implicit(r) => {
+                let lp = to_vec(completion_logps(&r.policy, batch).sum);
+                let lr = to_vec(completion_logps(&r.reference, batch).sum);
+                lp.iter().zip(&lr).map(|(a, b)| r.beta * (a - b)).collect()
+            }
+        }
+    }
 }
 
 /// The online stage.
@@ -116,10 +158,19 @@ impl OnlineTrainer {
             });
         }
         let v = s.policy.config().vocab_size;
-        for (who, other) in [
-            ("reference model", s.reference.config().vocab_size),
-            ("reward model", s.reward_model.config().vocab_size),
-        ] {
+        let mut vocabularies = vec![("reference model", s.reference.config().vocab_size)];
+        match &s.reward {
+            RewardSource::Model(rm) => vocabularies.push(("reward model", rm.config().vocab_size)),
+            RewardSource::Implicit(r) => {
+                vocabularies.push(("implicit reward's policy", r.policy.config().vocab_size));
+                vocabularies.push((
+                    "implicit reward's reference",
+                    r.reference.config().vocab_size,
+                ));
+            }
+            RewardSource::Judge(_) => {}
+        }
+        for (who, other) in vocabularies {
             if other != v {
                 return Err(TrainError::Mismatch {
                     what: format!(
@@ -256,7 +307,15 @@ impl OnlineTrainer {
         let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
-        let scores_raw = to_vec(self.s.reward_model.forward(batch.ids.clone(), &batch.mask));
+        let texts: Vec<String> = samples
+            .iter()
+            .map(|s| (self.s.decode)(&s.response_ids))
+            .collect();
+        let prompt_texts: Vec<&str> = samples
+            .iter()
+            .map(|s| prompts[s.prompt_index].text.as_str())
+            .collect();
+        let scores_raw = self.s.reward.score(&batch, &prompt_texts, &texts);
         let contains_eos: Vec<bool> = samples
             .iter()
             .map(|s| s.response_ids.contains(&self.s.eos))
@@ -270,10 +329,9 @@ impl OnlineTrainer {
         let mut gold = Vec::with_capacity(samples.len());
         let mut wins = Vec::with_capacity(samples.len());
         if let Some(judge) = &self.s.gold {
-            for s in &samples {
+            for (s, text) in samples.iter().zip(&texts) {
                 let pr = prompts[s.prompt_index];
-                let text = (self.s.decode)(&s.response_ids);
-                let g = judge.score(&pr.text, &text).total;
+                let g = judge.score(&pr.text, text).total;
                 let r = judge.score(&pr.text, &pr.reference).total;
                 gold.push(g);
                 wins.push(rlhf_data::win(g, r));

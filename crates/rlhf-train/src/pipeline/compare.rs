@@ -153,6 +153,8 @@ pub struct Curve {
     pub lr: String,
     /// (step, eval metrics).
     pub points: Vec<(usize, Map<String, Value>)>,
+    /// Trained against the judge (`reward_model = "judge"`): its "proxy" is the gold score.
+    pub against_judge: bool,
 }
 
 impl Curve {
@@ -234,9 +236,18 @@ pub fn load_curves(runs: &[OnlineRun]) -> Result<Vec<Curve>, TrainError> {
                 arm: r.arm.clone(),
                 lr: r.lr.clone(),
                 points: eval_series(&r.dir)?,
+                against_judge: trained_against_judge(&r.dir),
             })
         })
         .collect()
+}
+
+/// Whether the stage in `dir` was trained against its judge, from the identity it recorded
+/// (`stage.toml`, the resolved stage table).
+fn trained_against_judge(dir: &Path) -> bool {
+    let want = format!("reward_model = \"{}\"", crate::pipeline::JUDGE_AS_REWARD);
+    std::fs::read_to_string(dir.join("stage.toml"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == want))
 }
 
 /// The online runs of a study's folders (`<arm>@lr<lr>` labels).
@@ -596,6 +607,22 @@ pub fn findings(curves: &[Curve], offline: &BTreeMap<String, BTreeMap<String, f6
                 }
             );
         }
+    }
+    let ceiling: Vec<&str> = curves
+        .iter()
+        .filter(|c| c.against_judge)
+        .map(|c| c.label.as_str())
+        .collect();
+    if !ceiling.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{} optimise the gold scorer itself (`reward_model = \"judge\"`), so their \"proxy\" is gold: they are the ceiling of what RL reaches on this task, as the judge's own pick is for best-of-n.",
+            ceiling
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let _ = writeln!(
         s,

@@ -120,6 +120,17 @@ pub fn reward_model(
     value: &str,
     device: &Device,
 ) -> Result<RewardModel, TrainError> {
+    if value == super::JUDGE_AS_REWARD {
+        return Err(bad(
+            st,
+            field,
+            format!(
+                "\"{value}\" names the stage's judge, which only an online or evaluate stage's \
+                 `reward_model` can optimise; here a reward model is needed (an HF \
+                 *ForSequenceClassification folder or \"stage:NAME\" of a reward stage)"
+            ),
+        ));
+    }
     let ckpt = open(spec, st, field, value)?;
     if !ckpt.weights.contains_key("score.weight") {
         return Err(bad(

@@ -20,5 +20,5 @@ pub mod spec;
 pub mod svg;
 pub mod synthetic;
 
-pub use run::{PipelineOutput, TrainOptions, run_pipeline};
+pub use run::{JUDGE_AS_REWARD, PipelineOutput, TrainOptions, run_pipeline};
 pub use spec::{PipelineSpec, StageInputs, StageSpec, load_pipeline, parse_pipeline};

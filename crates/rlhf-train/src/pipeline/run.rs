@@ -20,7 +20,7 @@ use crate::common::{check_weights_finite, remove_path, write_atomically};
 use crate::config::StageConfig;
 use crate::error::{TrainError, io};
 use crate::offline::OfflineTrainer;
-use crate::online::{Decoder, OnlineSetup, OnlineTrainer};
+use crate::online::{Decoder, ImplicitReward, OnlineSetup, OnlineTrainer, RewardSource};
 use crate::reward::RewardTrainer;
 use crate::runner::{RunOptions, Stage, checkpoint_complete, run_stage};
 use crate::sft::SftTrainer;
@@ -462,6 +462,54 @@ fn missing_input(st: &StageSpec, field: &str, why: &str) -> TrainError {
     }
 }
 
+/// `reward_model = "stage:NAME"` of an offline stage: the implicit reward of its DPO policy,
+/// `beta * log(pi / pi_ref)` with the stage's own beta and reference (the spec checks that its
+/// loss has one). `None` for any other `reward_model`.
+fn implicit_reward(
+    spec: &PipelineSpec,
+    st: &StageSpec,
+    text: &TextAssets,
+    plain: &Device,
+) -> Result<Option<RewardSource>, TrainError> {
+    let Some(value) = st.inputs.reward_model.as_deref() else {
+        return Ok(None);
+    };
+    let Some(target) = super::spec::stage_ref(value) else {
+        return Ok(None);
+    };
+    let Some(dpo) = spec.stages.iter().find(|s| s.name == target) else {
+        return Ok(None);
+    };
+    let StageConfig::Offline(cfg) = &dpo.config else {
+        return Ok(None);
+    };
+    let Some(beta) = super::spec::implicit_reward_beta(&cfg.loss) else {
+        return Err(TrainError::Mismatch {
+            what: format!(
+                "stages.{}.reward_model = \"{value}\": the implicit reward needs a loss of the \
+                 form beta * log(pi / pi_ref) (dpo, cdpo, hinge); stage `{target}` trains {:?}",
+                st.name, cfg.loss
+            ),
+        });
+    };
+    let policy = causal_lm(spec, st, "reward_model", value, text, plain)?;
+    let r = dpo
+        .inputs
+        .reference
+        .as_deref()
+        .unwrap_or(&dpo.inputs.policy);
+    let reference = causal_lm(spec, dpo, "reference", r, text, plain)?;
+    Ok(Some(RewardSource::Implicit(Box::new(ImplicitReward {
+        policy,
+        reference,
+        beta: beta as f32,
+    }))))
+}
+
+/// `reward_model = "judge"`: an online stage trained against its judge instead of a reward
+/// model (the ceiling of RL on the task; proxy and gold metrics are then the same score).
+pub const JUDGE_AS_REWARD: &str = "judge";
+
 /// The stage's `reward_model`, which its type needs (`why` says what for).
 fn required_reward_model(
     spec: &PipelineSpec,
@@ -503,19 +551,33 @@ fn online_setup(
     let policy = causal_lm(spec, st, "policy", &inp.policy, text, policy_device)?;
     let r = inp.reference.as_deref().unwrap_or(&inp.policy);
     let reference = causal_lm(spec, st, "reference", r, text, plain)?;
-    let why = format!(
-        "an {} stage scores responses with a reward model (an HF \
-         *ForSequenceClassification folder or \"stage:NAME\" of a reward stage)",
-        st.config.kind()
-    );
-    let rm = required_reward_model(spec, st, plain, &why)?;
     let v = policy.config().vocab_size;
     check_vocab(spec, i, text, v)?;
     let gold = judge(spec, st, text, v, plain)?;
+    let reward = if inp.reward_model.as_deref() == Some(JUDGE_AS_REWARD) {
+        let Some(j) = judge(spec, st, text, v, plain)? else {
+            return Err(missing_input(
+                st,
+                "judge",
+                "`reward_model = \"judge\"` trains against the stage's judge",
+            ));
+        };
+        RewardSource::Judge(j)
+    } else if let Some(source) = implicit_reward(spec, st, text, plain)? {
+        source
+    } else {
+        let why = format!(
+            "an {} stage scores responses with a reward model (an HF \
+             *ForSequenceClassification folder, \"stage:NAME\" of a reward or DPO stage, or \
+             \"judge\")",
+            st.config.kind()
+        );
+        RewardSource::Model(Box::new(required_reward_model(spec, st, plain, &why)?))
+    };
     Ok(OnlineSetup {
         policy,
         reference,
-        reward_model: rm,
+        reward,
         gold,
         decode: decoder(text),
         prompts,

@@ -32,8 +32,9 @@ const PATH_KEYS: [&str; 8] = [
     "eval_data",
 ];
 
-/// Values of path keys that are not paths.
-const KEYWORDS: [&str; 3] = ["synthetic", "bytes", "init"];
+/// Values of path keys that are not paths (`judge`: an online stage's `reward_model` that
+/// names the stage's judge).
+const KEYWORDS: [&str; 4] = ["synthetic", "bytes", "init", "judge"];
 
 /// The file's own keys (a single-stage file's other keys belong to its stage).
 const TOP_KEYS: [&str; 4] = ["name", "seed", "out", "task"];
@@ -502,6 +503,16 @@ impl StageSpec {
     }
 }
 
+/// The beta of a preference loss whose policy defines the implicit reward
+/// `beta * log(pi / pi_ref)` (Rafailov et al. 2023): DPO, conservative DPO and hinge.
+pub fn implicit_reward_beta(loss: &rlhf_objectives::PreferenceLoss) -> Option<f64> {
+    use rlhf_objectives::PreferenceLoss as L;
+    match loss {
+        L::Dpo { beta } | L::ConservativeDpo { beta, .. } | L::Hinge { beta } => Some(*beta),
+        _ => None,
+    }
+}
+
 /// The stages whose output `st` uses.
 pub fn dependencies(st: &StageSpec) -> Vec<&str> {
     let i = &st.inputs;
@@ -601,13 +612,21 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
             }
             let is_rm = matches!(target_kind, StageConfig::Reward(_));
             let wants_rm = matches!(field, "reward_model" | "judge");
-            if is_rm != wants_rm {
+            // An online stage's reward may be the implicit reward of a DPO stage's policy.
+            let implicit = field == "reward_model"
+                && st.config.is_online()
+                && matches!(target_kind, StageConfig::Offline(c)
+                    if implicit_reward_beta(&c.loss).is_some());
+            if is_rm != wants_rm && !implicit {
                 return Err(TrainError::Mismatch {
                     what: format!(
                         "{}: {at}: stage `{target}` produces a {}, but `{field}` needs a {}",
                         spec.source.display(),
                         if is_rm { "reward model" } else { "causal LM" },
-                        if wants_rm {
+                        if field == "reward_model" && st.config.is_online() {
+                            "reward model (or a DPO, cdpo or hinge offline stage, whose policy \
+                             defines an implicit reward)"
+                        } else if wants_rm {
                             "reward model"
                         } else {
                             "causal LM"
