@@ -323,29 +323,37 @@ fn rl_against_the_judge_and_against_a_dpo_implicit_reward() {
         "the implicit reward equals the judge's score"
     );
 
-    // `reward_model = "judge"` where no judge scores training samples: a clear error.
-    let bad = text.replacen(
-        "[stages.rm]\npolicy = \"stage:sft\"",
-        "[stages.rm]\npolicy = \"stage:sft\"\nreward_model = \"judge\"",
-        1,
+    // A config refused before anything trains: its error text.
+    let refused = |name: &str, config: String| -> String {
+        let f = dir.join(format!("{name}.toml"));
+        std::fs::write(&f, config).unwrap();
+        let (ok, err) = train(&f, &dir.join(name), &["--quiet"]);
+        assert!(!ok, "{name} was accepted");
+        err
+    };
+    // `reward_model = "judge"` in a reward stage, which needs a reward model.
+    let err = refused(
+        "judge-in-rm",
+        text.replacen(
+            "[stages.rm]\npolicy = \"stage:sft\"",
+            "[stages.rm]\npolicy = \"stage:sft\"\nreward_model = \"judge\"",
+            1,
+        ),
     );
-    let bad_file = dir.join("bad.toml");
-    std::fs::write(&bad_file, bad).unwrap();
-    let (ok, err) = train(&bad_file, &dir.join("b"), &["--quiet"]);
     assert!(
-        !ok && err.contains("stages.rm.reward_model") && err.contains("names the stage's judge"),
+        err.contains("stages.rm.reward_model") && err.contains("names the stage's judge"),
         "{err}"
     );
-    // And an implicit reward from a stage that is not a DPO-family stage.
-    let sft_rm = text.replace(
-        "reward_model = \"stage:dpo\"",
-        "reward_model = \"stage:sft\"",
+    // An implicit reward from a stage that is not a DPO-family stage.
+    let err = refused(
+        "sft-as-rm",
+        text.replace(
+            "reward_model = \"stage:dpo\"",
+            "reward_model = \"stage:sft\"",
+        ),
     );
-    let f = dir.join("sft-rm.toml");
-    std::fs::write(&f, sft_rm).unwrap();
-    let (ok, err) = train(&f, &dir.join("c"), &["--quiet"]);
     assert!(
-        !ok && err.contains("stages.implicit.reward_model") && err.contains("causal LM"),
+        err.contains("stages.implicit.reward_model") && err.contains("causal LM"),
         "{err}"
     );
 }
