@@ -1407,6 +1407,14 @@ fn malformed_inputs_give_clear_errors() {
         err_text(OnlineTrainer::new("online", OnlineConfig::default(), setup)),
         &["reward model", "80", "75"],
     );
+    // The judge as the reward, in a stage without a judge.
+    let mut setup = online_setup(0);
+    setup.reward = RewardSource::Judge;
+    setup.gold = None;
+    check(
+        err_text(OnlineTrainer::new("online", OnlineConfig::default(), setup)),
+        &["online", "judge's score", "no judge"],
+    );
     // 10. Empty data sets.
     check(
         err_text(SftTrainer::new(

@@ -57,8 +57,9 @@ pub struct OnlineSetup {
     pub policy: CausalLm,
     /// The frozen reference (SFT) model, on a plain device.
     pub reference: CausalLm,
-    /// What scores the responses the policy is trained on: a learnt (proxy) reward model, or
-    /// a judge itself (RL against the gold scorer: the ceiling of what RL can reach).
+    /// What scores the responses the policy is trained on: a learnt (proxy) reward model, a
+    /// DPO policy's implicit reward, or the judge itself (`gold`; RL against the gold scorer:
+    /// the ceiling of what RL can reach).
     pub reward: RewardSource,
     /// The held-out gold scorer (a judge), if any: `gold/*` metrics are logged only with one.
     pub gold: Option<Box<dyn GoldScorer + Send + Sync>>,
@@ -80,8 +81,9 @@ pub struct OnlineSetup {
 pub enum RewardSource {
     /// A reward model, on a plain device: the proxy of the Gao et al. setup.
     Model(Box<RewardModel>),
-    /// A judge's score of the decoded text (`reward_model = "judge"` in a pipeline).
-    Judge(Box<dyn GoldScorer + Send + Sync>),
+    /// The stage's judge (`OnlineSetup::gold`, which it then needs): its score of the decoded
+    /// text, the same number the stage logs as gold (`reward_model = "judge"` in a pipeline).
+    Judge,
     /// The implicit reward of a policy trained by DPO on preference pairs.
     Implicit(Box<ImplicitReward>),
 }
@@ -99,19 +101,16 @@ pub struct ImplicitReward {
 }
 
 impl RewardSource {
-    /// Scores of the responses of `batch` (`prompts[i]`, `texts[i]`: the same rows as text).
-    fn score(&self, batch: &SeqBatch, prompts: &[&str], texts: &[String]) -> Vec<f32> {
+    /// A model's scores of the responses of `batch`; `None` for the judge, whose scores are
+    /// the stage's gold scores.
+    fn model_scores(&self, batch: &SeqBatch) -> Option<Vec<f32>> {
         match self {
-            Self::Model(rm) => to_vec(rm.forward(batch.ids.clone(), &batch.mask)),
-            Self::Judge(j) => prompts
-                .iter()
-                .zip(texts)
-                .map(|(p, t)| j.score(p, t).total)
-                .collect(),
+            Self::Model(rm) => Some(to_vec(rm.forward(batch.ids.clone(), &batch.mask))),
+            Self::Judge => None,
             Self::Implicit(r) => {
                 let lp = to_vec(completion_logps(&r.policy, batch).sum);
                 let lr = to_vec(completion_logps(&r.reference, batch).sum);
-                lp.iter().zip(&lr).map(|(a, b)| r.beta * (a - b)).collect()
+                Some(lp.iter().zip(&lr).map(|(a, b)| r.beta * (a - b)).collect())
             }
         }
     }
@@ -168,7 +167,14 @@ impl OnlineTrainer {
                     r.reference.config().vocab_size,
                 ));
             }
-            RewardSource::Judge(_) => {}
+            RewardSource::Judge if s.gold.is_none() => {
+                return Err(TrainError::Mismatch {
+                    what: format!(
+                        "{name}: the reward is the judge's score, but the stage has no judge"
+                    ),
+                });
+            }
+            RewardSource::Judge => {}
         }
         for (who, other) in vocabularies {
             if other != v {
@@ -307,15 +313,24 @@ impl OnlineTrainer {
         let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
-        let texts: Vec<String> = samples
-            .iter()
-            .map(|s| (self.s.decode)(&s.response_ids))
-            .collect();
-        let prompt_texts: Vec<&str> = samples
-            .iter()
-            .map(|s| prompts[s.prompt_index].text.as_str())
-            .collect();
-        let scores_raw = self.s.reward.score(&batch, &prompt_texts, &texts);
+        let mut gold = Vec::with_capacity(samples.len());
+        let mut wins = Vec::with_capacity(samples.len());
+        if let Some(judge) = &self.s.gold {
+            for s in &samples {
+                let pr = prompts[s.prompt_index];
+                let text = (self.s.decode)(&s.response_ids);
+                let g = judge.score(&pr.text, &text).total;
+                let r = judge.score(&pr.text, &pr.reference).total;
+                gold.push(g);
+                wins.push(rlhf_data::win(g, r));
+            }
+        }
+        // `new` checked that a judge-scored stage has a judge: `gold` then has every score.
+        let scores_raw = self
+            .s
+            .reward
+            .model_scores(&batch)
+            .unwrap_or_else(|| gold.clone());
         let contains_eos: Vec<bool> = samples
             .iter()
             .map(|s| s.response_ids.contains(&self.s.eos))
@@ -326,17 +341,6 @@ impl OnlineTrainer {
             &contains_eos,
             self.cfg.missing_eos_penalty as f32,
         );
-        let mut gold = Vec::with_capacity(samples.len());
-        let mut wins = Vec::with_capacity(samples.len());
-        if let Some(judge) = &self.s.gold {
-            for (s, text) in samples.iter().zip(&texts) {
-                let pr = prompts[s.prompt_index];
-                let g = judge.score(&pr.text, text).total;
-                let r = judge.score(&pr.text, &pr.reference).total;
-                gold.push(g);
-                wins.push(rlhf_data::win(g, r));
-            }
-        }
         Ok(Scored {
             samples,
             scores_raw,

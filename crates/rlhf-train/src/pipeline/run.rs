@@ -555,14 +555,14 @@ fn online_setup(
     check_vocab(spec, i, text, v)?;
     let gold = judge(spec, st, text, v, plain)?;
     let reward = if inp.reward_model.as_deref() == Some(JUDGE_AS_REWARD) {
-        let Some(j) = judge(spec, st, text, v, plain)? else {
+        if gold.is_none() {
             return Err(missing_input(
                 st,
                 "judge",
                 "`reward_model = \"judge\"` trains against the stage's judge",
             ));
-        };
-        RewardSource::Judge(j)
+        }
+        RewardSource::Judge
     } else if let Some(source) = implicit_reward(spec, st, text, plain)? {
         source
     } else {
