@@ -16,8 +16,8 @@ use burn::prelude::*;
 use rlhf_backend::test_device;
 use rlhf_data::{SyntheticConfig, SyntheticTask};
 use rlhf_model::{
-    CausalLm, Checkpoint, HeadKind, ModelConfig, RewardModel, Strictness, causal_lm_from_map,
-    init_weights, reward_model_from_map, save_folder_atomically,
+    CausalLm, Checkpoint, HeadKind, LoraSpec, LoraTarget, ModelConfig, Peft, RewardModel,
+    Strictness, causal_lm_from_map, init_weights, reward_model_from_map, save_folder_atomically,
 };
 use rlhf_objectives::{
     EntropyBonus, KlEstimator, KlPenalty, PpoConfig, PreferenceBatch, PreferenceLoss, Regularizer,
@@ -877,6 +877,135 @@ fn online_resume_reproduces_the_uninterrupted_run() {
             },
             4,
             false,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter-efficient training: LoRA and top layers.
+
+fn lora(rank: usize) -> Peft {
+    Peft {
+        lora: Some(LoraSpec {
+            rank,
+            alpha: 8.0,
+            targets: LoraTarget::ALL.to_vec(),
+        }),
+        train_layers: None,
+    }
+}
+
+/// Every parameter's values by module path (an adapted weight is its frozen base).
+struct AllParams(Vec<String>, std::collections::BTreeMap<String, Vec<f32>>);
+
+impl burn::module::ModuleVisitor for AllParams {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.into());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+        let v = p.val().into_data().convert::<f32>().try_to_vec::<f32>();
+        self.1.insert(self.0.join("."), v.unwrap());
+    }
+}
+
+fn all_params(m: &impl Module) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let mut v = AllParams(Vec::new(), Default::default());
+    m.visit(&mut v);
+    v.1
+}
+
+#[test]
+fn a_lora_dpo_step_changes_only_adapter_parameters() {
+    let pairs = quality_pairs(16);
+    let reference = policy_on(1, &test_device());
+    let policy = policy_on(1, &train_device())
+        .with_peft(&lora(4), "lora", 9)
+        .unwrap();
+    let before = all_params(&policy);
+    let cfg = OfflineConfig {
+        loss: PreferenceLoss::Dpo { beta: 0.1 },
+        steps: 3,
+        batch_size: 8,
+        precompute_reference: true,
+        optim: OptimConfig {
+            lr: 1e-2,
+            schedule: Schedule::Constant,
+            ..OptimConfig::default()
+        },
+    };
+    let mut t = OfflineTrainer::new("lora-dpo", cfg, policy, &reference, pairs, PAD, 3).unwrap();
+    for step in 0..3 {
+        let m = t.train_step(step).unwrap();
+        assert!(m.get("grad_norm").unwrap() > 0.0);
+    }
+    let dir = scratch_dir("lora-dpo");
+    t.save(&dir).unwrap();
+    let after = all_params(t.policy().unwrap());
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &before {
+        let adapter = k.contains(".lora.");
+        assert_eq!(
+            &after[k] != v,
+            adapter,
+            "{k}: changed iff it is an adapter factor"
+        );
+    }
+    // 1 block x 4 targets x (A, B): all of them, and nothing else, in the checkpoint's
+    // trainable tensors; the exported model is the merged one, loadable as a plain HF model.
+    let saved = rlhf_model::read_safetensors(&dir.join("trainable.safetensors")).unwrap();
+    assert_eq!(saved.len(), 8);
+    assert!(
+        saved.keys().all(|k| k.contains(".lora.")),
+        "{:?}",
+        saved.keys()
+    );
+    let merged = Checkpoint::open(&dir.join("model"))
+        .unwrap()
+        .causal_lm(&test_device())
+        .unwrap();
+    let p = t.into_model().valid();
+    let pairs = quality_pairs(4);
+    let (a, b) = (
+        logp_margin(&p, &pairs, false),
+        logp_margin(&merged, &pairs, false),
+    );
+    assert!(
+        (a - b).abs() < 1e-4,
+        "merged export {b} vs adapted model {a}"
+    );
+}
+
+#[test]
+fn lora_and_top_layer_runs_resume_exactly() {
+    for (name, peft) in [
+        ("lora-resume", lora(2)),
+        (
+            "top-resume",
+            Peft {
+                lora: None,
+                train_layers: Some(1),
+            },
+        ),
+    ] {
+        resume_matches(
+            name,
+            |_| {
+                let model = policy_on(1, &train_device())
+                    .with_peft(&peft, "p", 4)
+                    .unwrap();
+                let data = sft_data(32, false);
+                let t =
+                    SftTrainer::new(sft_config(6, 5e-3), model, data, sft_data(8, true), PAD, 7);
+                Box::new(t.unwrap())
+            },
+            6,
+            true,
         );
     }
 }

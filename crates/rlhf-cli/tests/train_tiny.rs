@@ -357,3 +357,95 @@ fn rl_against_the_judge_and_against_a_dpo_implicit_reward() {
         "{err}"
     );
 }
+
+/// LoRA and `train_layers` in every training stage of the tiny pipeline: SFT trains only the
+/// top block, the reward model LoRA on its fused qkv (and its score head), DPO LoRA on the top
+/// block only (stopped and resumed), RLOO LoRA everywhere. Every export is a plain HF folder
+/// that leaves the frozen tensors as they were. Bad settings are refused naming the key.
+#[test]
+fn lora_and_top_layers_in_every_training_stage() {
+    let dir = scratch_dir("train-tiny-peft");
+    let text = std::fs::read_to_string(pipeline(&dir))
+        .unwrap()
+        .replacen("[stages.sft.sft]", "train_layers = 1\n[stages.sft.sft]", 1)
+        .replacen(
+            "[stages.rm.reward]",
+            "lora = { rank = 2, targets = [\"qkv\"] }\n[stages.rm.reward]",
+            1,
+        )
+        .replacen(
+            "[stages.dpo.offline]",
+            "train_layers = 1\n[stages.dpo.lora]\nrank = 4\nalpha = 8.0\n[stages.dpo.offline]",
+            1,
+        )
+        .replacen(
+            "[stages.rloo.online]",
+            "lora = { rank = 2 }\n[stages.rloo.online]",
+            1,
+        );
+    let file = dir.join("peft.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, err) = train(&file, &dir.join("a"), &["--quiet"]);
+    assert!(ok, "{err}");
+    let weights = |p: &Path| rlhf_model::read_safetensors(&p.join("model.safetensors")).unwrap();
+    let llama = weights(&oracle_dir().join("tiny-llama"));
+    let stage = |s: &str| weights(&dir.join("a").join(s).join("final"));
+    let (sft, rm, dpo) = (stage("sft"), stage("rm"), stage("dpo"));
+    for w in [&sft, &rm, &dpo, &stage("rloo")] {
+        assert!(w.keys().all(|k| !k.contains("lora")), "{:?}", w.keys());
+    }
+    let same = |a: &rlhf_model::WeightMap, b: &rlhf_model::WeightMap, k: &str| a[k] == b[k];
+    let l = |i: usize, p: &str| format!("model.layers.{i}.{p}.weight");
+    // SFT: block 0 and the embedding frozen, block 1 trained.
+    assert!(same(&sft, &llama, &l(0, "self_attn.q_proj")));
+    assert!(same(&sft, &llama, "model.embed_tokens.weight"));
+    assert!(!same(&sft, &llama, &l(1, "mlp.down_proj")));
+    // Reward model: only q/k/v move (merged adapters), on both blocks.
+    for i in 0..2 {
+        assert!(!same(&rm, &sft, &l(i, "self_attn.k_proj")), "rm block {i}");
+        assert!(same(&rm, &sft, &l(i, "self_attn.o_proj")), "rm block {i}");
+        assert!(same(&rm, &sft, &l(i, "mlp.up_proj")), "rm block {i}");
+    }
+    // DPO: adapters on block 1 only.
+    assert!(same(&dpo, &sft, &l(0, "self_attn.q_proj")));
+    assert!(same(&dpo, &sft, &l(1, "input_layernorm")));
+    assert!(!same(&dpo, &sft, &l(1, "mlp.gate_proj")));
+
+    // Stopped in the middle of the LoRA DPO stage and resumed: the same metrics and weights.
+    let (ok, err) = train(&file, &dir.join("b"), &["--quiet", "--stop-after", "dpo:2"]);
+    assert!(!ok && err.contains("interrupted at step 2"), "{err}");
+    let (ok, err) = train(&file, &dir.join("b"), &["--quiet"]);
+    assert!(ok, "{err}");
+    assert_eq!(all_metrics(&dir.join("b")), all_metrics(&dir.join("a")));
+    assert_eq!(
+        weights(&dir.join("b/dpo/final")),
+        dpo,
+        "resumed LoRA weights differ"
+    );
+
+    let refused = |name: &str, config: String, parts: &[&str]| {
+        let f = dir.join(format!("{name}.toml"));
+        std::fs::write(&f, config).unwrap();
+        let (ok, err) = train(&f, &dir.join(name), &["--quiet"]);
+        assert!(!ok, "{name} was accepted");
+        for p in parts {
+            assert!(err.contains(p), "{name}: {p:?} not in {err}");
+        }
+    };
+    let sft_layers = "train_layers = 1\n[stages.sft.sft]";
+    refused(
+        "too-many-layers",
+        text.replacen(sft_layers, "train_layers = 3\n[stages.sft.sft]", 1),
+        &["stages.sft.train_layers", "1 to 2"],
+    );
+    refused(
+        "hf-target",
+        text.replacen("targets = [\"qkv\"]", "targets = [\"q_proj\"]", 1),
+        &["q_proj", "qkv"],
+    );
+    refused(
+        "zero-rank",
+        text.replacen("rank = 4", "rank = 0", 1),
+        &["stages.dpo.lora.rank"],
+    );
+}

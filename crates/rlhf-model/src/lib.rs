@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod ids;
 pub mod mask;
 pub mod model;
+pub mod peft;
 pub mod weights;
 
 pub use config::{Activation, Architecture, HeadKind, ModelConfig};
@@ -19,6 +20,9 @@ pub use error::ModelError;
 pub use ids::with_stable_ids;
 pub use mask::AttentionMask;
 pub use model::{CausalLm, Decoder, KvCache, RewardModel, ValueHead, gather_rows};
+pub use peft::{
+    LoraSpec, LoraTarget, Peft, is_partially_frozen, load_trainable_tensors, trainable_tensors,
+};
 pub use weights::{
     Checkpoint, HostTensor, Strictness, WeightMap, causal_lm_from_map, first_non_finite,
     init_weights, parse_safetensors, read_safetensors, recover_folder, reward_model_from_map,

@@ -72,14 +72,14 @@ impl HostTensor {
         HostTensor::new(shape, self.data[start * cols..(start + n) * cols].to_vec())
     }
 
-    fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+    pub(crate) fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
         Tensor::from_data(
             TensorData::new(self.data.clone(), self.shape.clone()),
             device,
         )
     }
 
-    fn from_tensor<const D: usize>(t: Tensor<D>) -> HostTensor {
+    pub(crate) fn from_tensor<const D: usize>(t: Tensor<D>) -> HostTensor {
         let shape = t.dims().to_vec();
         let data = t
             .into_data()
@@ -634,7 +634,7 @@ impl RewardModel {
     }
 }
 
-fn normal_vec(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+pub(crate) fn normal_vec(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
     // Box–Muller on a seeded stream: identical on every platform and backend.
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {

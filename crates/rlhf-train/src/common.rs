@@ -9,7 +9,10 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use rlhf_model::{CausalLm, Checkpoint, HeadKind, WeightMap, save_hf};
+use rlhf_model::{
+    CausalLm, Checkpoint, HeadKind, WeightMap, is_partially_frozen, load_trainable_tensors,
+    read_safetensors, save_hf, trainable_tensors, write_safetensors,
+};
 
 use crate::batch::scalar;
 use crate::error::{TrainError, io};
@@ -153,8 +156,10 @@ pub fn check_token_ids<'a>(
     Ok(())
 }
 
-/// Saves a causal LM (HF layout) and its optimiser into `dir`. Fails with
-/// [`TrainError::NonFinite`] (and writes nothing) when a weight is not finite.
+/// Saves a causal LM (HF layout, adapters merged) and its optimiser into `dir`, and the
+/// trainable tensors of a partially frozen model (LoRA, `train_layers`) by module path, which a
+/// resumed run needs besides its rebuilt base. Fails with [`TrainError::NonFinite`] (and writes
+/// nothing) when a weight is not finite.
 pub fn save_policy(
     dir: &Path,
     model: &CausalLm,
@@ -163,15 +168,52 @@ pub fn save_policy(
     let map = model.to_weight_map();
     check_weights_finite(&map)?;
     save_hf(&dir.join("model"), model.config(), HeadKind::CausalLm, &map)?;
+    save_trainable(dir, model)?;
     if let Some(o) = optim {
         o.save(&dir.join("optimizer.bpk"))?;
     }
     Ok(())
 }
 
-/// Loads a causal LM saved by [`save_policy`] onto `device`.
-pub fn load_policy(dir: &Path, device: &Device) -> Result<CausalLm, TrainError> {
-    Ok(Checkpoint::open(&dir.join("model"))?.causal_lm(device)?)
+/// The file of a checkpoint that holds a partially frozen model's trainable tensors.
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+
+/// Writes `model`'s trainable tensors to [`TRAINABLE_FILE`] in `dir` when some of its
+/// parameters are frozen; nothing otherwise.
+pub fn save_trainable<M: Module>(dir: &Path, model: &M) -> Result<(), TrainError> {
+    if !is_partially_frozen(model) {
+        return Ok(());
+    }
+    Ok(write_safetensors(
+        &trainable_tensors(model),
+        &dir.join(TRAINABLE_FILE),
+    )?)
+}
+
+/// The model of a checkpoint in `dir` for a trainer whose model is now `current`: a fully
+/// trainable model is the saved one (`load` reads it from `dir/model`); a partially frozen one
+/// keeps its frozen base, which training never changes, and takes its trainable tensors from
+/// [`TRAINABLE_FILE`].
+pub fn reload_model<M: Module>(
+    dir: &Path,
+    current: M,
+    load: impl FnOnce(&Path) -> Result<M, TrainError>,
+) -> Result<M, TrainError> {
+    if !is_partially_frozen(&current) {
+        return load(&dir.join("model"));
+    }
+    let path = dir.join(TRAINABLE_FILE);
+    let map = read_safetensors(&path)?;
+    Ok(load_trainable_tensors(current, &map, &path)?)
+}
+
+/// Loads the causal LM of a checkpoint saved by [`save_policy`] into a trainer whose policy
+/// is now `current` (see [`reload_model`]).
+pub fn load_policy(dir: &Path, current: CausalLm) -> Result<CausalLm, TrainError> {
+    let device = current.decoder.embed.val().device();
+    reload_model(dir, current, |m| {
+        Ok(Checkpoint::open(m)?.causal_lm(&device)?)
+    })
 }
 
 #[cfg(test)]

@@ -212,7 +212,8 @@ impl Stage for OfflineTrainer {
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
-        self.model = Some(load_policy(dir, &self.device)?);
+        let current = self.model.take().expect("model present");
+        self.model = Some(load_policy(dir, current)?);
         self.optim.reload(&dir.join("optimizer.bpk"))?;
         Ok(())
     }

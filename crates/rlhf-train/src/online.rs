@@ -293,7 +293,9 @@ impl OnlineTrainer {
         generation: &GenerationConfig,
         step: usize,
     ) -> Result<Scored, TrainError> {
-        let policy = self.model.as_ref().expect("model").valid();
+        // LoRA adapters are merged once for the rollout instead of at every decoding step; the
+        // merged weight is the same sum the trained model computes, so log-probs agree.
+        let policy = self.model.as_ref().expect("model").valid().materialize();
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
         let mut samples =
             rlhf_rollout::try_generate(&policy, &ids, generation).map_err(|e| match e {
@@ -777,7 +779,8 @@ impl Stage for OnlineTrainer {
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
-        self.model = Some(load_policy(dir, &self.device)?);
+        let current = self.model.take().expect("model present");
+        self.model = Some(load_policy(dir, current)?);
         self.optim.reload(&dir.join("optimizer.bpk"))?;
         if self.value.is_some() {
             let p = dir.join("value_head.safetensors");

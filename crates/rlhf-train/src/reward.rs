@@ -196,11 +196,15 @@ impl Stage for RewardTrainer {
         let map = model.to_weight_map();
         crate::common::check_weights_finite(&map)?;
         save_hf(&dir.join("model"), model.config(), HeadKind::Score, &map)?;
+        crate::common::save_trainable(dir, model)?;
         self.optim.save(&dir.join("optimizer.bpk"))
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
-        self.model = Some(Checkpoint::open(&dir.join("model"))?.reward_model(&self.device, 0)?);
+        let current = self.model.take().expect("model present");
+        let device = self.device.clone();
+        let load = |m: &Path| Ok(Checkpoint::open(m)?.reward_model(&device, 0)?);
+        self.model = Some(crate::common::reload_model(dir, current, load)?);
         self.optim.reload(&dir.join("optimizer.bpk"))?;
         Ok(())
     }

@@ -171,7 +171,8 @@ impl Stage for SftTrainer {
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), TrainError> {
-        self.model = Some(load_policy(dir, &self.device)?);
+        let current = self.model.take().expect("model present");
+        self.model = Some(load_policy(dir, current)?);
         self.optim.reload(&dir.join("optimizer.bpk"))?;
         Ok(())
     }

@@ -494,6 +494,8 @@ fn inputs(policy: &str, data: &str) -> StageInputs {
         init_seed: None,
         model: None,
         checkpoint_every: None,
+        lora: None,
+        train_layers: None,
     }
 }
 

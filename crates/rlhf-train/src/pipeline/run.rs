@@ -328,6 +328,7 @@ fn run_one(
             let (data, held, prompts) = sft_data(st, &text)?;
             let model = causal_lm(spec, st, "policy", &inp.policy, &text, &train)?;
             check_vocab(spec, i, &text, model.config().vocab_size)?;
+            let model = with_peft(spec, st, model)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
             let t = SftTrainer::new(cfg.clone(), model, data, held, pad, seed)?;
             let t = drive(t, j, &text, eos, max_new, &ro)?;
@@ -357,6 +358,12 @@ fn run_one(
                 }
             };
             check_vocab(spec, i, &text, model.config().vocab_size)?;
+            let peft = inp.peft();
+            let model = model.with_peft(
+                &peft,
+                &format!("stages.{}.", st.name),
+                st.init_seed(spec.seed),
+            )?;
             let mut cfg = cfg.clone();
             let n = train_pairs.len() + held.len();
             cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
@@ -371,6 +378,7 @@ fn run_one(
             let (pairs, _, prompts) = pair_data(st, &text, fraction_or(st, 0.1))?;
             let model = causal_lm(spec, st, "policy", &inp.policy, &text, &train)?;
             check_vocab(spec, i, &text, model.config().vocab_size)?;
+            let model = with_peft(spec, st, model)?;
             let r = inp.reference.as_deref().unwrap_or(&inp.policy);
             let reference = causal_lm(spec, st, "reference", r, &text, plain)?;
             let j = judge(spec, st, &text, model.config().vocab_size, plain)?.map(|j| (j, prompts));
@@ -380,7 +388,8 @@ fn run_one(
             export_causal(&fin, &t.into_model().valid(), &text)
         }
         StageConfig::Online(cfg) => {
-            let setup = online_setup(spec, i, st, &text, &train, plain, seed)?;
+            let mut setup = online_setup(spec, i, st, &text, &train, plain, seed)?;
+            setup.policy = with_peft(spec, st, setup.policy)?;
             let mut t = OnlineTrainer::new(&st.name, cfg.clone(), setup)?;
             std::fs::create_dir_all(&ro.dir).map_err(io(&ro.dir))?;
             t.log_samples_to(&ro.dir.join("samples.jsonl"))?;
@@ -533,6 +542,12 @@ fn required_judge(
     why: &str,
 ) -> Result<Box<dyn GoldScorer + Send + Sync>, TrainError> {
     judge(spec, st, text, vocab, plain)?.ok_or_else(|| missing_input(st, "judge", why))
+}
+
+/// `model` with the stage's `lora` and `train_layers` settings applied.
+fn with_peft(spec: &PipelineSpec, st: &StageSpec, model: CausalLm) -> Result<CausalLm, TrainError> {
+    let field = format!("stages.{}.", st.name);
+    Ok(model.with_peft(&st.inputs.peft(), &field, st.init_seed(spec.seed))?)
 }
 
 /// The policy (on `policy_device`), reference, reward model, judge and prompts of an online or

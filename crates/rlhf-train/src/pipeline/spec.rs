@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use rlhf_data::{SyntheticConfig, TokenizeConfig};
+use rlhf_model::{LoraSpec, Peft};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{StageConfig, Validate, apply_overrides, stage_config_from_table};
@@ -40,7 +41,7 @@ const KEYWORDS: [&str; 4] = ["synthetic", "bytes", "init", "judge"];
 const TOP_KEYS: [&str; 4] = ["name", "seed", "out", "task"];
 
 /// Every key of [`StageInputs`].
-const INPUT_KEYS: [&str; 15] = [
+const INPUT_KEYS: [&str; 17] = [
     "policy",
     "reference",
     "reward_model",
@@ -56,6 +57,8 @@ const INPUT_KEYS: [&str; 15] = [
     "init_seed",
     "model",
     "checkpoint_every",
+    "lora",
+    "train_layers",
 ];
 
 /// The inputs of one stage, as written in the file.
@@ -114,6 +117,22 @@ pub struct StageInputs {
     /// Save a checkpoint every this many steps (default: every tenth of the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// LoRA adapters on the trained model (its base weights freeze; the export is merged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
+    /// Train only the top this many blocks (with `lora`: adapt only these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_layers: Option<usize>,
+}
+
+impl StageInputs {
+    /// What of the trained model trains.
+    pub fn peft(&self) -> Peft {
+        Peft {
+            lora: self.lora.clone(),
+            train_layers: self.train_layers,
+        }
+    }
 }
 
 /// One resolved stage.
@@ -568,6 +587,24 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
     let names: Vec<&str> = spec.stages.iter().map(|s| s.name.as_str()).collect();
     for (i, st) in spec.stages.iter().enumerate() {
         let inp = &st.inputs;
+        let at = format!("{}: stages.{}.", spec.source.display(), st.name);
+        inp.peft().validate_settings(&at)?;
+        if inp.peft().is_active() && !st.config.makes_model() {
+            let field = if inp.lora.is_some() {
+                "lora"
+            } else {
+                "train_layers"
+            };
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "{}: stages.{}.{field}: a {} stage trains nothing; LoRA and train_layers \
+                     apply to sft, reward, offline and online stages",
+                    spec.source.display(),
+                    st.name,
+                    st.config.kind()
+                ),
+            });
+        }
         for (field, value) in [
             ("data", Some(&inp.data)),
             ("eval_data", inp.eval_data.as_ref()),
@@ -811,6 +848,45 @@ regularizer = { type = "kl", coef = 0.1 }
         assert!(e.contains("unknown top-level key `bogus`"), "{e}");
         let e = err("[stages.a]\ndata = \"d\"\n[stages.a.sft]\n", &[]);
         assert!(e.contains("policy"), "{e}");
+    }
+
+    #[test]
+    fn lora_and_train_layers_are_read_checked_and_written_back() {
+        let with = |extra: &str| {
+            PIPE.replacen("[stages.sft.sft]", &format!("{extra}\n[stages.sft.sft]"), 1)
+        };
+        let p = parse(
+            &with("train_layers = 2\nlora = { rank = 8, targets = [\"qkv\", \"down\"] }"),
+            &[],
+        )
+        .unwrap();
+        let peft = p.stages[0].inputs.peft();
+        let l = peft.lora.clone().unwrap();
+        assert_eq!((l.rank, l.alpha, peft.train_layers), (8, 16.0, Some(2)));
+        assert_eq!(
+            l.targets,
+            [rlhf_model::LoraTarget::Qkv, rlhf_model::LoraTarget::Down]
+        );
+        let again = parse_pipeline(&p.to_toml(), Path::new("/x/c.toml"), &[], Path::new("/y"));
+        assert_eq!(again.unwrap().stages[0].inputs.peft(), peft);
+        let err = |t: &str| parse(t, &[]).unwrap_err().to_string();
+        let e = err(&with("lora = { rank = 0 }"));
+        assert!(e.contains("stages.sft.lora.rank"), "{e}");
+        let e = err(&with("lora = { rank = 2, alpha = -1.0 }"));
+        assert!(e.contains("stages.sft.lora.alpha"), "{e}");
+        let e = err(&with("train_layers = 0"));
+        assert!(e.contains("stages.sft.train_layers"), "{e}");
+        let e = err(&with("lora = { rank = 2, dropout = 0.1 }"));
+        assert!(e.contains("dropout"), "{e}");
+        let e = err(&SCRATCH.replacen(
+            "[stages.ev.evaluate]",
+            "lora = { rank = 2 }\n[stages.ev.evaluate]",
+            1,
+        ));
+        assert!(
+            e.contains("stages.ev.lora") && e.contains("evaluate stage trains nothing"),
+            "{e}"
+        );
     }
 
     const SCRATCH: &str = r#"
