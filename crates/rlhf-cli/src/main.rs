@@ -101,29 +101,7 @@ enum Cmd {
         json: bool,
     },
     /// Train: one stage or a pipeline of stages from a TOML file (see docs/cli.md).
-    Train {
-        /// The stage or pipeline file.
-        file: PathBuf,
-        /// Override a field: `--set stages.sft.sft.steps=50` (single-stage files:
-        /// `--set sft.steps=50`, `--set data=FILE`); repeatable.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// The run folder (default: the file's `out`, else runs/<name>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Execution backend: cpu (Flex), ndarray, wgpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        backend: BackendKind,
-        /// No progress output.
-        #[arg(long)]
-        quiet: bool,
-        /// Run only these stages (comma-separated; the stages they use must be complete).
-        #[arg(long, value_delimiter = ',')]
-        stages: Option<Vec<String>>,
-        /// Stop after STAGE:STEPS, with a checkpoint (for tests of resumption).
-        #[arg(long, hide = true, value_name = "STAGE:STEPS")]
-        stop_after: Option<String>,
-    },
+    Train(TrainArgs),
     /// Run the built-in study (SFT, reward model, DPO/SimPO, online RLOO arms) and write a report.
     Study {
         /// A TOML study config (default: the built-in study).
@@ -250,15 +228,7 @@ fn main() -> Result<()> {
             };
             study(config, &sets, how)
         }
-        Cmd::Train {
-            file,
-            sets,
-            out,
-            backend,
-            quiet,
-            stages,
-            stop_after,
-        } => train(&file, sets, out, backend, quiet, stages, stop_after),
+        Cmd::Train(args) => train(args),
         Cmd::Theory { seed } => {
             let report = rlhf_objectives::theory::run(seed);
             println!("{report}");
@@ -437,15 +407,48 @@ fn generate(
     Ok(())
 }
 
-fn train(
-    file: &std::path::Path,
-    mut sets: Vec<String>,
+/// The arguments of `rlhf train`.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// The stage or pipeline file.
+    file: PathBuf,
+    /// Override a field: `--set stages.sft.sft.steps=50` (single-stage files:
+    /// `--set sft.steps=50`, `--set data=FILE`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// The run folder (default: the file's `out`, else runs/<name>).
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Execution backend: cpu (Flex), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// No progress output.
+    #[arg(long)]
     quiet: bool,
-    only: Option<Vec<String>>,
+    /// Run only these stages (comma-separated; the stages they use must be complete).
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<String>>,
+    /// Stop after STAGE:STEPS, with a checkpoint (for tests of resumption).
+    #[arg(long, hide = true, value_name = "STAGE:STEPS")]
     stop_after: Option<String>,
-) -> Result<()> {
+    /// A smoke test of the pipeline: every stage at most 2 steps and a few prompts, into
+    /// `<out>-quick` unless --out is given (docs/cli.md).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        file,
+        mut sets,
+        out,
+        backend,
+        quiet,
+        stages: only,
+        stop_after,
+        quick,
+    } = args;
+    let rename_out = out.is_none();
     if let Some(o) = out {
         let o = std::path::absolute(&o).with_context(|| format!("--out {}", o.display()))?;
         sets.push(format!("out={}", toml_string(&o.display().to_string())));
@@ -459,7 +462,10 @@ fn train(
             Some((stage.to_string(), n.parse().context("--stop-after: STEPS")?))
         }
     };
-    let spec = rlhf_train::pipeline::load_pipeline(file, &sets)?;
+    let mut spec = rlhf_train::pipeline::load_pipeline(&file, &sets)?;
+    if quick {
+        spec = spec.quick(rename_out);
+    }
     let opts = rlhf_train::pipeline::TrainOptions {
         backend,
         live: !quiet,

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod error;
 pub mod gold;
 pub mod jsonl;
+pub mod reviews;
 pub mod synthetic;
 pub mod template;
 pub mod tokenizer;
@@ -26,6 +27,7 @@ pub use jsonl::{
     parse_jsonl, read_jsonl, read_preferences, read_prompts, read_sft, tokenize_preferences,
     tokenize_prompts, tokenize_sft, write_jsonl,
 };
+pub use reviews::{ReviewPrompt, ReviewsGold};
 pub use synthetic::{
     Example, Fact, GoldConfig, RefQuality, ReferenceMix, SyntheticConfig, SyntheticGold,
     SyntheticTask,

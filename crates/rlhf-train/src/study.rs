@@ -549,6 +549,7 @@ impl StudyConfig {
                 max_new_tokens: self.online.max_new_tokens,
                 label_temperature: self.task.label_temperature,
                 drop_ties: d.drop_gold_ties,
+                max_prompts: None,
             }),
         ));
         let backbone = if self.reward_from_sft {

@@ -94,8 +94,10 @@ pub fn comparison(spec: &PipelineSpec) -> Result<Comparison, TrainError> {
         let dir = spec.out.join(&st.name);
         match &st.config {
             StageConfig::Evaluate(_) => {
+                // Labelled by the stage that trained the policy; an outside model (SmolLM2
+                // straight from its file) by the evaluate stage's name, `eval-` dropped.
                 let name = crate::pipeline::spec::stage_ref(&st.inputs.policy)
-                    .unwrap_or(&st.name)
+                    .unwrap_or_else(|| st.name.strip_prefix("eval-").unwrap_or(&st.name))
                     .to_string();
                 if let Some((_, m)) = eval_series(&dir)?.pop() {
                     let m = m

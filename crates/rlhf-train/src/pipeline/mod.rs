@@ -13,6 +13,7 @@ pub mod fit;
 pub mod inputs;
 pub mod judge;
 pub mod pairs;
+pub mod quick;
 pub mod report;
 pub mod run;
 pub mod scratch;

@@ -32,6 +32,9 @@ pub struct PairsConfig {
     pub label_temperature: f32,
     /// Drop pairs whose two responses score the same: their label is a coin flip.
     pub drop_ties: bool,
+    /// Label only the first this many prompts of the data (default: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_prompts: Option<usize>,
 }
 
 impl Default for PairsConfig {
@@ -41,6 +44,7 @@ impl Default for PairsConfig {
             max_new_tokens: 24,
             label_temperature: 0.2,
             drop_ties: true,
+            max_prompts: None,
         }
     }
 }

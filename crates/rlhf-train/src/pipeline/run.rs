@@ -244,6 +244,21 @@ fn judge(
         let task = SyntheticTask::new(spec.task.clone())?;
         return Ok(Some(Box::new(task.gold())));
     }
+    if j == "reviews" {
+        // The scorer sees responses decoded with special tokens, so EOS reads as its text.
+        let eos = text.eos(st)?;
+        let marker = text.tok.decode(&[eos], false).unwrap_or_default();
+        if marker.is_empty() {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "stages.{}.judge = \"reviews\": the tokenizer decodes EOS (id {eos}) to \
+                     nothing, so the scorer could not see where a response ends",
+                    st.name
+                ),
+            });
+        }
+        return Ok(Some(Box::new(rlhf_data::ReviewsGold::new(&marker))));
+    }
     let rm = reward_model(spec, st, "judge", j, plain)?;
     let jv = rm.config().vocab_size;
     if jv != vocab {
@@ -401,7 +416,8 @@ fn run_one(
             evaluate(&st.name, cfg, setup, &ro.dir)
         }
         StageConfig::Pairs(cfg) => {
-            let (prompts, _) = prompt_data(st, &text, false, 0.0)?;
+            let (mut prompts, _) = prompt_data(st, &text, false, 0.0)?;
+            prompts.truncate(cfg.max_prompts.unwrap_or(usize::MAX));
             let policy = causal_lm(spec, st, "policy", &inp.policy, &text, plain)?;
             let v = policy.config().vocab_size;
             check_vocab(spec, i, &text, v)?;

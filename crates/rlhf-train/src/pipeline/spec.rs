@@ -34,8 +34,8 @@ const PATH_KEYS: [&str; 8] = [
 ];
 
 /// Values of path keys that are not paths (`judge`: an online stage's `reward_model` that
-/// names the stage's judge).
-const KEYWORDS: [&str; 4] = ["synthetic", "bytes", "init", "judge"];
+/// names the stage's judge; `reviews`: the reviews task's gold scorer as a judge).
+const KEYWORDS: [&str; 5] = ["synthetic", "bytes", "init", "judge", "reviews"];
 
 /// The file's own keys (a single-stage file's other keys belong to its stage).
 const TOP_KEYS: [&str; 4] = ["name", "seed", "out", "task"];
