@@ -1685,6 +1685,29 @@ fn every_preset_in_configs_parses_and_validates() {
         assert!(kinds.contains(k), "no preset has a {k} stage: {kinds:?}");
     }
 
+    // `--quick` shrinks every stage of the real-model study and renames its run folder.
+    let full = load_pipeline(&configs_dir().join("study-smollm2.toml"), &[]).unwrap();
+    let quick = full.clone().quick(true);
+    assert!(
+        quick.out.ends_with("study-smollm2-quick"),
+        "{}",
+        quick.out.display()
+    );
+    assert_eq!(full.clone().quick(false).out, full.out);
+    for (a, b) in full.stages.iter().zip(&quick.stages) {
+        assert_eq!((&a.name, &a.inputs), (&b.name, &b.inputs));
+        match &b.config {
+            StageConfig::Online(c) | StageConfig::Evaluate(c) => {
+                assert!(c.steps <= 2 && c.eval.num_prompts <= 4 && c.max_new_tokens <= 16);
+            }
+            StageConfig::Reward(c) => assert!(c.steps <= 2),
+            StageConfig::Offline(c) => assert!(c.steps <= 2),
+            StageConfig::Pairs(c) => assert_eq!(c.max_prompts, Some(16)),
+            StageConfig::BestOfN(c) => assert!(c.max_n <= 4 && c.num_prompts <= 4),
+            other => panic!("study-smollm2.toml has a {} stage", other.kind()),
+        }
+    }
+
     let tldr = configs_dir().join("tldr-pythia-rloo.toml");
     let spec = load_pipeline(&tldr, &[]).unwrap();
     let StageConfig::Online(c) = &spec.stages[0].config else {

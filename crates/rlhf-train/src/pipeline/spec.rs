@@ -597,7 +597,7 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
             };
             return Err(TrainError::Mismatch {
                 what: format!(
-                    "{}: stages.{}.{field}: a {} stage trains nothing; LoRA and train_layers \
+                    "{}: stages.{}.{field}: {} stages train nothing; LoRA and train_layers \
                      apply to sft, reward, offline and online stages",
                     spec.source.display(),
                     st.name,
@@ -884,7 +884,7 @@ regularizer = { type = "kl", coef = 0.1 }
             1,
         ));
         assert!(
-            e.contains("stages.ev.lora") && e.contains("evaluate stage trains nothing"),
+            e.contains("stages.ev.lora") && e.contains("evaluate stages train nothing"),
             "{e}"
         );
     }
