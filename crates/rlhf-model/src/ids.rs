@@ -11,7 +11,6 @@ use burn::prelude::*;
 struct PathIds {
     namespace: u64,
     path: Vec<String>,
-    seen: std::collections::HashMap<u64, usize>,
 }
 
 fn fnv1a(seed: u64, parts: &[String]) -> u64 {
@@ -39,16 +38,7 @@ impl ModuleMapper for PathIds {
         // weight [d_in, d_out] from a bias [d_out] of the same Linear.
         let mut parts = self.path.clone();
         parts.push(format!("rank{D}"));
-        let mut id = fnv1a(self.namespace, &parts);
-        // A second parameter of the same path and rank (none in the models themselves) gets
-        // the path's occurrence number, so ids stay distinct whatever a module nests.
-        let n = self.seen.entry(id).or_insert(0);
-        if *n > 0 {
-            parts.push(format!("#{n}"));
-            id = fnv1a(self.namespace, &parts);
-        }
-        *n += 1;
-        param.id = ParamId::from(id);
+        param.id = ParamId::from(fnv1a(self.namespace, &parts));
         param
     }
 }
@@ -58,7 +48,6 @@ pub fn with_stable_ids<M: Module>(module: M, namespace: u64) -> M {
     module.map(&mut PathIds {
         namespace,
         path: Vec::new(),
-        seen: Default::default(),
     })
 }
 

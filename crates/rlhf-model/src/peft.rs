@@ -149,8 +149,8 @@ impl Peft {
     }
 
     /// Applies the settings to `model` (on an autodiff device; `num_layers` its block count).
-    /// Adapter factors are drawn from the device's random stream, so seed it first. The new
-    /// parameters' ids are random: the models' own methods give them stable ones.
+    /// burn draws the adapter factors and their ids at random: [`adapted`] redraws `A` from a
+    /// seed and gives every parameter its stable id.
     fn apply<M: Module>(&self, model: M, num_layers: usize) -> M {
         let first = self.first_trained(num_layers);
         match (&self.lora, self.train_layers) {
@@ -182,8 +182,7 @@ impl CausalLm {
     /// `seed`; `field` prefixes errors.
     pub fn with_peft(self, peft: &Peft, field: &str, seed: u64) -> Result<Self, ModelError> {
         let n = self.config().num_layers;
-        peft.validate(field, n)?;
-        draw_factors(with_stable_ids(peft.apply(self, n), 0), peft, seed)
+        adapted(self, n, 0, peft, field, seed)
     }
 }
 
@@ -191,26 +190,35 @@ impl RewardModel {
     /// This model with `peft` applied (see [`Peft`]); the score head always trains.
     pub fn with_peft(self, peft: &Peft, field: &str, seed: u64) -> Result<Self, ModelError> {
         let n = self.config().num_layers;
-        peft.validate(field, n)?;
-        draw_factors(with_stable_ids(peft.apply(self, n), 1), peft, seed)
+        adapted(self, n, 1, peft, field, seed)
     }
 }
 
-/// Redraws every adapter's `A` from N(0, (1/r)²) with a seeded host stream, so adapters are the
-/// same on every backend and run (burn draws them from the device's own generator).
-fn draw_factors<M: Module>(model: M, peft: &Peft, seed: u64) -> Result<M, ModelError> {
+/// `model` (of `num_layers` blocks, ids in `namespace`) with `peft` applied and every adapter's
+/// `A` redrawn from N(0, (1/r)²) with a seeded host stream, so adapters are the same on every
+/// backend and run (burn draws them from the device's own generator).
+fn adapted<M: Module>(
+    model: M,
+    num_layers: usize,
+    namespace: u64,
+    peft: &Peft,
+    field: &str,
+    seed: u64,
+) -> Result<M, ModelError> {
+    peft.validate(field, num_layers)?;
+    let model = with_stable_ids(peft.apply(model, num_layers), namespace);
     let Some(l) = &peft.lora else {
         return Ok(model);
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let fresh: WeightMap = trainable_tensors(&model)
+    let fresh: WeightMap = trainable_shapes(&model)
         .into_iter()
         .filter(|(k, _)| k.ends_with(".lora.a"))
-        .map(|(k, t)| {
-            let n = t.data.len();
+        .map(|(k, shape)| {
+            let n = shape.iter().product();
             (
                 k,
-                HostTensor::new(t.shape, normal_vec(&mut rng, n, 1.0 / l.rank as f32)),
+                HostTensor::new(shape, normal_vec(&mut rng, n, 1.0 / l.rank as f32)),
             )
         })
         .collect();
@@ -256,9 +264,11 @@ impl<F: Fn(&str) -> bool> ModuleMapper for Trainability<F> {
     }
 }
 
-/// Paths and values of the parameters that require a gradient.
+/// Paths and shapes (and, with `values`, values) of the parameters that require a gradient.
 struct CollectTrainable {
     path: Vec<String>,
+    values: bool,
+    shapes: BTreeMap<String, Vec<usize>>,
     out: WeightMap,
 }
 
@@ -274,8 +284,11 @@ impl ModuleVisitor for CollectTrainable {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         if t.is_require_grad() {
-            self.out
-                .insert(self.path.join("."), HostTensor::from_tensor(t));
+            let name = self.path.join(".");
+            self.shapes.insert(name.clone(), t.dims().to_vec());
+            if self.values {
+                self.out.insert(name, HostTensor::from_tensor(t));
+            }
         }
     }
 }
@@ -297,14 +310,25 @@ pub fn is_partially_frozen<M: Module>(module: &M) -> bool {
     v.0 > 0
 }
 
-/// The trainable tensors of `module` by module path.
-pub fn trainable_tensors<M: Module>(module: &M) -> WeightMap {
+fn collect_trainable<M: Module>(module: &M, values: bool) -> CollectTrainable {
     let mut v = CollectTrainable {
         path: Vec::new(),
+        values,
+        shapes: BTreeMap::new(),
         out: BTreeMap::new(),
     };
     module.visit(&mut v);
-    v.out
+    v
+}
+
+/// The trainable tensors of `module` by module path.
+pub fn trainable_tensors<M: Module>(module: &M) -> WeightMap {
+    collect_trainable(module, true).out
+}
+
+/// The shapes of `module`'s trainable tensors by module path (nothing is copied off the device).
+fn trainable_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    collect_trainable(module, false).shapes
 }
 
 struct Restore<'a> {
@@ -351,7 +375,7 @@ pub fn load_trainable_tensors<M: Module>(
     map: &WeightMap,
     source: &std::path::Path,
 ) -> Result<M, ModelError> {
-    let trainable = trainable_tensors(&module);
+    let trainable = trainable_shapes(&module);
     let format = |what: String| ModelError::Format {
         path: source.into(),
         what,

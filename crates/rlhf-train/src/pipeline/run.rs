@@ -373,12 +373,8 @@ fn run_one(
                 }
             };
             check_vocab(spec, i, &text, model.config().vocab_size)?;
-            let peft = inp.peft();
-            let model = model.with_peft(
-                &peft,
-                &format!("stages.{}.", st.name),
-                st.init_seed(spec.seed),
-            )?;
+            let (peft, field, peft_seed) = peft_of(spec, st);
+            let model = model.with_peft(&peft, &field, peft_seed)?;
             let mut cfg = cfg.clone();
             let n = train_pairs.len() + held.len();
             cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
@@ -560,10 +556,17 @@ fn required_judge(
     judge(spec, st, text, vocab, plain)?.ok_or_else(|| missing_input(st, "judge", why))
 }
 
+/// The stage's `lora` and `train_layers` settings, the prefix of their errors and the seed of
+/// the adapters.
+fn peft_of(spec: &PipelineSpec, st: &StageSpec) -> (rlhf_model::Peft, String, u64) {
+    let field = format!("stages.{}.", st.name);
+    (st.inputs.peft(), field, st.init_seed(spec.seed))
+}
+
 /// `model` with the stage's `lora` and `train_layers` settings applied.
 fn with_peft(spec: &PipelineSpec, st: &StageSpec, model: CausalLm) -> Result<CausalLm, TrainError> {
-    let field = format!("stages.{}.", st.name);
-    Ok(model.with_peft(&st.inputs.peft(), &field, st.init_seed(spec.seed))?)
+    let (peft, field, seed) = peft_of(spec, st);
+    Ok(model.with_peft(&peft, &field, seed)?)
 }
 
 /// The policy (on `policy_device`), reference, reward model, judge and prompts of an online or

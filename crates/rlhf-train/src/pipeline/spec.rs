@@ -588,8 +588,9 @@ fn check_references(spec: &PipelineSpec) -> Result<(), TrainError> {
     for (i, st) in spec.stages.iter().enumerate() {
         let inp = &st.inputs;
         let at = format!("{}: stages.{}.", spec.source.display(), st.name);
-        inp.peft().validate_settings(&at)?;
-        if inp.peft().is_active() && !st.config.makes_model() {
+        let peft = inp.peft();
+        peft.validate_settings(&at)?;
+        if peft.is_active() && !st.config.makes_model() {
             let field = if inp.lora.is_some() {
                 "lora"
             } else {
