@@ -1010,6 +1010,58 @@ fn lora_and_top_layer_runs_resume_exactly() {
     }
 }
 
+/// With only the top block trained, the online stage runs the two frozen blocks below it once
+/// per batch for the policy, the reference and (when its blocks are the same) the reward model;
+/// every metric matches the run that gives each model its full forward pass.
+#[test]
+fn frozen_lower_blocks_are_shared_and_change_no_metric() {
+    let mut cfg = tiny_config();
+    cfg.num_layers = 3;
+    let lm = |seed: u64, dev: &Device| {
+        let map = init_weights(&cfg, HeadKind::CausalLm, seed, 0.02);
+        causal_lm_from_map(&cfg, &map, Path::new("init"), dev, Strictness::Strict).unwrap()
+    };
+    let rm = |seed: u64| {
+        let map = init_weights(&cfg, HeadKind::Score, seed, 0.02);
+        reward_model_from_map(&cfg, &map, Path::new("init"), &test_device(), seed).unwrap()
+    };
+    let top = Peft {
+        lora: None,
+        train_layers: Some(1),
+    };
+    // Reward model of the policy's seed (its blocks equal the policy's) and of another seed.
+    for rm_seed in [1, 2] {
+        let run = |share: bool| {
+            let mut s = online_setup(5);
+            s.policy = lm(1, &train_device()).with_peft(&top, "p", 0).unwrap();
+            s.reference = lm(1, &test_device());
+            s.reward = RewardSource::Model(Box::new(rm(rm_seed)));
+            let reg = Regularizer::Kl(kl(KlEstimator::K1));
+            let cfg = online_config(Algorithm::Rloo, reg, 3);
+            let t = OnlineTrainer::new("share", cfg, s).unwrap();
+            assert_eq!(t.shared_blocks(), 2, "reward model seed {rm_seed}");
+            let mut t = if share { t } else { t.without_sharing() };
+            assert_eq!(t.shared_blocks(), if share { 2 } else { 0 });
+            let dir = scratch_dir(&format!("share-{rm_seed}-{share}"));
+            run_stage(&mut t, &opts(&dir)).unwrap();
+            lines(&dir)
+        };
+        let (shared, full) = (run(true), run(false));
+        assert_eq!(shared.len(), full.len());
+        for (a, b) in shared.iter().zip(&full) {
+            for (k, v) in b {
+                if k.starts_with("time/") || k.starts_with("perf/") {
+                    continue;
+                }
+                match v.as_f64() {
+                    Some(x) => close(num(a, k), x, &format!("seed {rm_seed}: {k}")),
+                    None => assert_eq!(a.get(k), Some(v), "{k}"),
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failure handling: NaN guard, interrupted checkpoint writes, malformed inputs.
 

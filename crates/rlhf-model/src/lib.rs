@@ -13,6 +13,7 @@ pub mod ids;
 pub mod mask;
 pub mod model;
 pub mod peft;
+pub mod trunk;
 pub mod weights;
 
 pub use config::{Activation, Architecture, HeadKind, ModelConfig};
@@ -23,6 +24,7 @@ pub use model::{CausalLm, Decoder, KvCache, RewardModel, ValueHead, gather_rows}
 pub use peft::{
     LoraSpec, LoraTarget, Peft, is_partially_frozen, load_trainable_tensors, trainable_tensors,
 };
+pub use trunk::{Trunk, shared_frozen_blocks};
 pub use weights::{
     Checkpoint, HostTensor, Strictness, WeightMap, causal_lm_from_map, first_non_finite,
     init_weights, parse_safetensors, read_safetensors, recover_folder, reward_model_from_map,

@@ -188,18 +188,17 @@ impl Decoder {
             (b, t),
             "mask shape must match ids"
         );
-        let device = ids.device();
         let cfg = &self.cfg;
         let (full_mask, past) = match &cache {
             Some(c) if !c.is_empty() => (c.mask.concat(mask), c.len()),
             _ => (mask.clone(), 0),
         };
-        let positions = full_mask.positions_of_last(t);
-        let pos = Tensor::<2>::from_data(TensorData::new(positions, [b, t]), &device);
-        let (cos, sin) = rope_tables(cfg, pos);
-        let attn_mask = full_mask.attention_bool(t, cfg.num_heads, &device);
-
-        let mut x = embedding(self.embed.val(), ids);
+        let BlockInputs {
+            mut x,
+            cos,
+            sin,
+            attn_mask,
+        } = self.block_inputs(ids, &full_mask);
         let mut layer_caches = cache.as_ref().map(|_| Vec::with_capacity(cfg.num_layers));
         for (i, block) in self.blocks.iter().enumerate() {
             let past_kv = cache.as_ref().and_then(|c| c.layers[i].clone());
@@ -216,6 +215,35 @@ impl Decoder {
         }
         self.norm.forward(x)
     }
+
+    /// The embedded tokens and what every block needs besides them: rotary tables for the last
+    /// `T` positions of `full_mask` (cached ones first) and the attention mask.
+    pub(crate) fn block_inputs(
+        &self,
+        ids: Tensor<2, Int>,
+        full_mask: &AttentionMask,
+    ) -> BlockInputs {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let positions = full_mask.positions_of_last(t);
+        let pos = Tensor::<2>::from_data(TensorData::new(positions, [b, t]), &device);
+        let (cos, sin) = rope_tables(&self.cfg, pos);
+        BlockInputs {
+            attn_mask: full_mask.attention_bool(t, self.cfg.num_heads, &device),
+            x: embedding(self.embed.val(), ids),
+            cos,
+            sin,
+        }
+    }
+}
+
+/// Block inputs of [`Decoder::block_inputs`].
+#[derive(Debug, Clone)]
+pub(crate) struct BlockInputs {
+    pub(crate) x: Tensor<3>,
+    pub(crate) cos: Tensor<4>,
+    pub(crate) sin: Tensor<4>,
+    pub(crate) attn_mask: Tensor<4, Bool>,
 }
 
 /// cos/sin tables `[B, 1, T, r]` for positions `[B, T]` (HF rotate-half convention).
@@ -254,7 +282,7 @@ fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, r: usize) -> Tenso
 }
 
 impl Block {
-    fn forward(
+    pub(crate) fn forward(
         &self,
         cfg: &ModelConfig,
         x: Tensor<3>,

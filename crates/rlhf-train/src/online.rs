@@ -21,7 +21,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rlhf_data::GoldScorer;
-use rlhf_model::{CausalLm, RewardModel, ValueHead};
+use rlhf_model::{CausalLm, RewardModel, Trunk, ValueHead, shared_frozen_blocks};
 use rlhf_objectives::{
     RewardInput, apply_missing_eos_penalty, clipped_value_loss, entropy, gae,
     group_normalized_advantages, kl_full_vocab, masked_sum, ppo_clip_loss, rloo_advantages, whiten,
@@ -102,10 +102,13 @@ pub struct ImplicitReward {
 
 impl RewardSource {
     /// A model's scores of the responses of `batch`; `None` for the judge, whose scores are
-    /// the stage's gold scores.
-    fn model_scores(&self, batch: &SeqBatch) -> Option<Vec<f32>> {
+    /// the stage's gold scores. A reward model continues `trunk` when given one.
+    fn model_scores(&self, batch: &SeqBatch, trunk: Option<&Trunk>) -> Option<Vec<f32>> {
         match self {
-            Self::Model(rm) => Some(to_vec(rm.forward(batch.ids.clone(), &batch.mask))),
+            Self::Model(rm) => Some(to_vec(match trunk {
+                Some(t) => rm.forward_from(t, &batch.mask),
+                None => rm.forward(batch.ids.clone(), &batch.mask),
+            })),
             Self::Judge => None,
             Self::Implicit(r) => {
                 let lp = to_vec(completion_logps(&r.policy, batch).sum);
@@ -129,6 +132,34 @@ pub struct OnlineTrainer {
     plain: Device,
     samples_log: Option<std::io::BufWriter<std::fs::File>>,
     samples_path: Option<std::path::PathBuf>,
+    sharing: Sharing,
+}
+
+/// Which models run their lower blocks from one shared [`Trunk`] (see `rlhf_model::trunk`):
+/// the policy always, the reference and the reward model when their first `blocks` blocks are
+/// the policy's frozen ones. `blocks == 0`: nothing is shared.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sharing {
+    blocks: usize,
+    reference: bool,
+    reward: bool,
+}
+
+impl Sharing {
+    fn of(s: &OnlineSetup) -> Self {
+        let policy = &s.policy.decoder;
+        let r = shared_frozen_blocks(policy, &s.reference.decoder);
+        let m = match &s.reward {
+            RewardSource::Model(rm) => shared_frozen_blocks(policy, &rm.decoder),
+            _ => 0,
+        };
+        let blocks = [r, m].into_iter().filter(|&k| k > 0).min().unwrap_or(0);
+        Self {
+            blocks,
+            reference: blocks > 0 && r >= blocks,
+            reward: blocks > 0 && m >= blocks,
+        }
+    }
 }
 
 struct Scored {
@@ -138,6 +169,8 @@ struct Scored {
     contains_eos: Vec<bool>,
     gold: Vec<f32>,
     wins: Vec<f32>,
+    /// The responses' shared lower blocks, on the plain device, when the stage shares them.
+    trunk: Option<Trunk>,
 }
 
 fn to_plain(b: &SeqBatch, dev: &Device) -> SeqBatch {
@@ -217,7 +250,9 @@ impl OnlineTrainer {
             _ => (None, None),
         };
         let optim = Optimizer::new(&cfg.optim, cfg.steps);
+        let sharing = Sharing::of(&s);
         Ok(Self {
+            sharing,
             name: name.to_string(),
             model: Some(s.policy.clone()),
             cfg,
@@ -230,6 +265,42 @@ impl OnlineTrainer {
             samples_log: None,
             samples_path: None,
         })
+    }
+
+    /// How many lower blocks the policy shares with the reference and the reward model (0:
+    /// none). They share the blocks below the trained ones when the weights are bitwise the
+    /// same (`train_layers`): each step then runs them once instead of three times, with
+    /// bitwise the same results.
+    pub fn shared_blocks(&self) -> usize {
+        self.sharing.blocks
+    }
+
+    /// Runs every model's full forward pass instead of sharing lower blocks (for comparison).
+    pub fn without_sharing(mut self) -> Self {
+        self.sharing = Sharing::default();
+        self
+    }
+
+    /// The shared lower blocks of `batch` (on the plain device), if the stage shares any.
+    fn trunk(&self, batch: &SeqBatch) -> Option<Trunk> {
+        let sh = self.sharing;
+        let source = match &self.s.reward {
+            RewardSource::Model(rm) if sh.reward => &rm.decoder,
+            _ if sh.reference => &self.s.reference.decoder,
+            _ => return None,
+        };
+        Some(source.trunk(batch.ids.clone(), &batch.mask, sh.blocks))
+    }
+
+    /// The reference's logits on `batch` (plain device), from `trunk` when it shares it.
+    fn reference_logits(&self, batch: &SeqBatch, trunk: Option<&Trunk>) -> Tensor<3> {
+        match trunk.filter(|_| self.sharing.reference) {
+            Some(t) => self.s.reference.forward_from(t),
+            None => self
+                .s
+                .reference
+                .forward(batch.ids.clone(), &batch.mask, None),
+        }
     }
 
     /// Writes sample completions to `path` (appending) at every evaluation.
@@ -315,6 +386,7 @@ impl OnlineTrainer {
         let p: Vec<&[u32]> = samples.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = samples.iter().map(|s| s.response_ids.as_slice()).collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
+        let trunk = self.trunk(&batch);
         let mut gold = Vec::with_capacity(samples.len());
         let mut wins = Vec::with_capacity(samples.len());
         if let Some(judge) = &self.s.gold {
@@ -331,7 +403,7 @@ impl OnlineTrainer {
         let scores_raw = self
             .s
             .reward
-            .model_scores(&batch)
+            .model_scores(&batch, trunk.as_ref().filter(|_| self.sharing.reward))
             .unwrap_or_else(|| gold.clone());
         let contains_eos: Vec<bool> = samples
             .iter()
@@ -350,6 +422,7 @@ impl OnlineTrainer {
             contains_eos,
             gold,
             wins,
+            trunk,
         })
     }
 
@@ -389,11 +462,11 @@ impl OnlineTrainer {
             .map(|s| s.response_ids.as_slice())
             .collect();
         let batch = SeqBatch::new(&p, &c, self.s.pad, &self.plain);
-        let lg = policy.forward(batch.ids.clone(), &batch.mask, None);
-        let rg = self
-            .s
-            .reference
-            .forward(batch.ids.clone(), &batch.mask, None);
+        let lg = match &sc.trunk {
+            Some(tr) => policy.forward_from(tr),
+            None => policy.forward(batch.ids.clone(), &batch.mask, None),
+        };
+        let rg = self.reference_logits(&batch, sc.trunk.as_ref());
         let t = lg.dims()[1];
         let lp = rlhf_objectives::next_token_logps(lg.clone(), batch.ids.clone());
         let rp = rlhf_objectives::next_token_logps(rg.clone(), batch.ids.clone());
@@ -510,10 +583,13 @@ impl Stage for OnlineTrainer {
 
         // Reference quantities, without gradients (one reference forward per step).
         let pb = to_plain(&batch, &self.plain);
-        let ref_logits = self.tempered(self.s.reference.forward(pb.ids.clone(), &pb.mask, None));
+        let ref_logits = self.tempered(self.reference_logits(&pb, sc.trunk.as_ref()));
         let ref_lp = rlhf_objectives::next_token_logps(ref_logits.clone(), pb.ids.clone())
             .to_device(&self.device);
-        let h = model.decoder.forward(batch.ids.clone(), &batch.mask, None);
+        let h = match &sc.trunk {
+            Some(tr) => model.decoder.forward_from(&tr.to_device(&self.device)),
+            None => model.decoder.forward(batch.ids.clone(), &batch.mask, None),
+        };
         let logits = self.tempered(model.logits(h.clone()));
         let t = logits.dims()[1];
         let lp = rlhf_objectives::next_token_logps(logits.clone(), batch.ids.clone());

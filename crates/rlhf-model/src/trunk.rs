@@ -1,0 +1,240 @@
+//! A frozen trunk shared between models.
+//!
+//! When only the top blocks of a policy train (`train_layers`, with or without LoRA), its
+//! embedding and lower blocks stay exactly the weights it was loaded with, and so do the
+//! reference's and often the reward model's (trained from the same base with `train_layers`).
+//! An online step then runs the same lower blocks over the same tokens three times: for the
+//! proxy score, for the reference log-probs and for the policy. [`Decoder::trunk`] runs them
+//! once; [`Decoder::forward_from`] continues from there. On one device the result is bitwise
+//! the full forward, because the blocks run the same operations on the same values in the same
+//! order. A trunk computed on a plain device and continued on an autodiff one rounds like the
+//! plain kernels below and the autodiff ones above (they differ at the 1e-6 level, as the
+//! sampler and the trainer already do).
+//! [`shared_frozen_blocks`] finds how many leading blocks two models can share.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::mask::AttentionMask;
+use crate::model::{BlockInputs, CausalLm, Decoder, RewardModel, gather_rows};
+
+/// Hidden states after a decoder's embedding and first [`Trunk::blocks`] blocks, with the
+/// rotary tables and attention mask the remaining blocks need.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    inputs: BlockInputs,
+    blocks: usize,
+}
+
+impl Trunk {
+    /// How many blocks the trunk has run.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// The same trunk on `device` (values unchanged; no gradient flows into it).
+    pub fn to_device(&self, device: &Device) -> Self {
+        let i = &self.inputs;
+        Self {
+            inputs: BlockInputs {
+                x: i.x.clone().detach().to_device(device),
+                cos: i.cos.clone().to_device(device),
+                sin: i.sin.clone().to_device(device),
+                attn_mask: i.attn_mask.clone().to_device(device),
+            },
+            blocks: self.blocks,
+        }
+    }
+}
+
+impl Decoder {
+    /// Runs the embedding and the first `blocks` blocks over `ids` (no KV cache).
+    ///
+    /// # Panics
+    /// If `blocks` exceeds the number of layers, or the mask's shape is not the ids'.
+    pub fn trunk(&self, ids: Tensor<2, Int>, mask: &AttentionMask, blocks: usize) -> Trunk {
+        let [b, t] = ids.dims();
+        assert_eq!((mask.batch(), mask.seq_len()), (b, t), "mask shape");
+        assert!(blocks <= self.blocks.len(), "trunk deeper than the model");
+        let mut inputs = self.block_inputs(ids, mask);
+        for block in &self.blocks[..blocks] {
+            let i = &inputs;
+            let (y, _) = block.forward(
+                self.config(),
+                i.x.clone(),
+                &i.cos,
+                &i.sin,
+                i.attn_mask.clone(),
+                None,
+            );
+            inputs.x = y;
+        }
+        Trunk { inputs, blocks }
+    }
+
+    /// Hidden states `[B, T, d]` after the final norm, continuing `trunk` through the
+    /// remaining blocks: equal to [`Decoder::forward`] without a cache when this decoder's
+    /// first `trunk.blocks()` blocks and embedding are the trunk's.
+    pub fn forward_from(&self, trunk: &Trunk) -> Tensor<3> {
+        let i = &trunk.inputs;
+        let mut x = i.x.clone();
+        for block in &self.blocks[trunk.blocks..] {
+            x = block
+                .forward(self.config(), x, &i.cos, &i.sin, i.attn_mask.clone(), None)
+                .0;
+        }
+        self.norm.forward(x)
+    }
+}
+
+impl CausalLm {
+    /// Logits continuing `trunk` (see [`Decoder::forward_from`]).
+    pub fn forward_from(&self, trunk: &Trunk) -> Tensor<3> {
+        self.logits(self.decoder.forward_from(trunk))
+    }
+}
+
+impl RewardModel {
+    /// Scores `[B]` continuing `trunk`; `mask` is the one the trunk was built with.
+    pub fn forward_from(&self, trunk: &Trunk, mask: &AttentionMask) -> Tensor<1> {
+        let h = self.decoder.forward_from(trunk);
+        let last = mask.last_real_index();
+        self.score.forward(gather_rows(h, &last)).squeeze_dim(1)
+    }
+}
+
+/// How many leading blocks `other` can take from a trunk of `trained`: the embedding and
+/// each of those blocks are frozen in `trained` (no parameter requires a gradient, so training
+/// never changes them) and bitwise equal in the two models, which share one configuration.
+/// 0 when the embedding differs or trains. `trained` is on an autodiff device; `other` on any.
+pub fn shared_frozen_blocks(trained: &Decoder, other: &Decoder) -> usize {
+    if trained.config() != other.config() || trained.blocks.len() != other.blocks.len() {
+        return 0;
+    }
+    let device = other.embed.val().device();
+    if !same_frozen(&trained.embed, &other.embed, &device) {
+        return 0;
+    }
+    trained
+        .blocks
+        .iter()
+        .zip(&other.blocks)
+        .take_while(|(a, b)| {
+            let (pa, pb) = (params(*a), params(*b));
+            pa.len() == pb.len()
+                && pa
+                    .iter()
+                    .zip(&pb)
+                    .all(|((fa, ta), (_, tb))| *fa && equal(ta, tb, &device))
+        })
+        .count()
+}
+
+fn same_frozen(a: &Param<Tensor<2>>, b: &Param<Tensor<2>>, device: &Device) -> bool {
+    let a = a.val();
+    !a.is_require_grad() && equal(&a.flatten(0, 1), &b.val().flatten(0, 1), device)
+}
+
+fn equal(a: &Tensor<1>, b: &Tensor<1>, device: &Device) -> bool {
+    a.dims() == b.dims()
+        && a.clone()
+            .detach()
+            .to_device(device)
+            .equal(b.clone())
+            .all()
+            .into_scalar::<bool>()
+}
+
+/// Each parameter of `m`, flattened, with whether it is frozen.
+fn params<M: Module>(m: &M) -> Vec<(bool, Tensor<1>)> {
+    struct Collect(Vec<(bool, Tensor<1>)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let v = param.val();
+            let frozen = !v.is_require_grad();
+            self.0.push((frozen, v.flatten(0, D - 1)));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HeadKind, ModelConfig, Peft, Strictness, causal_lm_from_map, init_weights};
+
+    fn tiny(seed: u64, device: &Device) -> CausalLm {
+        let cfg = ModelConfig::tiny_llama(32, 16, 3);
+        let map = init_weights(&cfg, HeadKind::CausalLm, seed, 0.2);
+        causal_lm_from_map(&cfg, &map, "x".as_ref(), device, Strictness::Strict).unwrap()
+    }
+
+    fn batch(device: &Device) -> (Tensor<2, Int>, AttentionMask) {
+        let ids = vec![0i64, 5, 9, 2, 7, 3, 1, 4, 8, 6];
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 5]), device);
+        // A left-padded row, so positions and the mask matter.
+        let mask = AttentionMask::new(
+            2,
+            5,
+            vec![false, true, true, true, true, true, true, true, true, true],
+        );
+        (ids, mask)
+    }
+
+    fn values(t: Tensor<3>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn continuing_a_trunk_is_bitwise_the_full_forward() {
+        let device = rlhf_backend::test_device();
+        let m = tiny(3, &device);
+        let (ids, mask) = batch(&device);
+        let want = values(m.forward(ids.clone(), &mask, None));
+        for k in 0..=3 {
+            let t = m.decoder.trunk(ids.clone(), &mask, k);
+            assert_eq!(t.blocks(), k);
+            assert_eq!(values(m.forward_from(&t)), want, "trunk of {k} blocks");
+        }
+    }
+
+    #[test]
+    fn only_frozen_equal_blocks_are_shared() {
+        let ad = rlhf_backend::test_device().autodiff();
+        let top = |n| Peft {
+            lora: None,
+            train_layers: Some(n),
+        };
+        let base = tiny(3, &ad).valid();
+        let policy = tiny(3, &ad).with_peft(&top(1), "p", 0).unwrap();
+        assert_eq!(shared_frozen_blocks(&policy.decoder, &base.decoder), 2);
+        let policy2 = tiny(3, &ad).with_peft(&top(3), "p", 0).unwrap();
+        assert_eq!(shared_frozen_blocks(&policy2.decoder, &base.decoder), 0);
+        // Fully trainable: nothing is frozen, so nothing is shared even with itself.
+        let full = tiny(3, &ad);
+        assert_eq!(shared_frozen_blocks(&full.decoder, &base.decoder), 0);
+        // Other weights: nothing equal.
+        let other = tiny(4, &ad).valid();
+        assert_eq!(shared_frozen_blocks(&policy.decoder, &other.decoder), 0);
+        // A trunk of the plain base, continued by the policy on the autodiff device: bitwise
+        // equal to nothing (burn's autodiff and plain kernels round differently, at 1e-6 here),
+        // as close to either full forward as they are to each other.
+        let (ids, mask) = batch(&base.decoder.embed.val().device());
+        let t = base.decoder.trunk(ids.clone(), &mask, 2);
+        let got = values(policy.forward_from(&t.to_device(&ad)));
+        let (ids_ad, mask_ad) = batch(&ad);
+        let full_ad = values(policy.forward(ids_ad, &mask_ad, None));
+        let full_plain = values(policy.valid().forward(ids, &mask, None));
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let devices = diff(&full_ad, &full_plain);
+        assert!(devices < 1e-5, "{devices}");
+        assert!(diff(&got, &full_ad) <= devices && diff(&got, &full_plain) <= devices);
+    }
+}
