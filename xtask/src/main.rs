@@ -3,6 +3,7 @@
 //! Architecture invariant: xtask never links burn. It runs cargo and the `rlhf` binary as child
 //! processes, so it builds in seconds and its commands work on any backend the CLI supports.
 
+mod bench;
 mod fetch;
 mod fuzz;
 
@@ -25,7 +26,9 @@ commands:
   sweep [args]       run the study for several seeds (--seeds 0,1,2, the default) and write
                      one comparison report (takes the same --config/--set/--quick)
   theory             run the SimPO = MaxEnt-RL theory check (rlhf theory)
-  bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md)
+  bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md); with
+                     --against-torch VENV [--rounds N] alternates each workload with
+                     PyTorch/transformers (docs/bench/torch_anchor.py) and prints one table
   fuzz [args]        mutation-fuzz every parser (GGUF, safetensors, config.json, tokenizer,
                      chat template, JSONL, TOML) for --minutes N each (default 10);
                      --target NAME runs one
@@ -45,11 +48,7 @@ fn main() -> Result<()> {
         "train" => rlhf(&train_args(rest)?),
         "sweep" => sweep(rest),
         "theory" => rlhf(&["theory".to_string()]),
-        "bench" => {
-            let mut a = vec!["bench".to_string()];
-            a.extend_from_slice(rest);
-            rlhf(&a)
-        }
+        "bench" => bench::run_bench(rest),
         "fuzz" => fuzz::run_fuzz(rest),
         "rlhf" => rlhf(rest),
         "-h" | "--help" | "help" => {
@@ -69,21 +68,21 @@ pub fn root() -> PathBuf {
 }
 
 /// Cargo's target folder (`CARGO_TARGET_DIR` if set, relative to the workspace root).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => root().join(d),
         None => root().join("target"),
     }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
-fn run(step: &str, mut cmd: Command) -> Result<()> {
+pub(crate) fn run(step: &str, mut cmd: Command) -> Result<()> {
     eprintln!("\n==> {step}: {cmd:?}");
     let t = Instant::now();
     let status = cmd
@@ -119,7 +118,7 @@ fn validate_with(features: &[&str]) -> Result<()> {
 
 /// Runs the `rlhf` CLI: a release build, or the dev profile (dependencies optimised, shared
 /// with the test build) when `XTASK_PROFILE=dev`, as CI does to build burn only once.
-fn rlhf(args: &[String]) -> Result<()> {
+pub(crate) fn rlhf(args: &[String]) -> Result<()> {
     let mut c = cargo();
     c.arg("run");
     if std::env::var("XTASK_PROFILE").as_deref() != Ok("dev") {

@@ -1,6 +1,6 @@
 //! `rlhf bench`: forward, training-step and sampling throughput on the standard workloads.
 //!
-//! The workloads mirror `shared/bench/torch_anchor.py` (Llama-style configs, untied head,
+//! The workloads are those of `docs/bench/torch_anchor.py` (Llama-style configs, untied head,
 //! FFN 4·d, AdamW, next-token cross-entropy) so that numbers can be set side by side.
 
 use std::path::PathBuf;
@@ -96,38 +96,48 @@ fn bench_forward(model: &CausalLm, b: usize, t: usize, reps: usize, device: &Dev
     (b * t) as f64 / median(&mut times)
 }
 
-/// Training-step tokens/s (forward, backward, AdamW), median over `steps` after 2 warm-ups.
-fn bench_train(
-    cfg: &ModelConfig,
-    b: usize,
-    t: usize,
-    steps: usize,
-    device: &Device,
-) -> Result<f64> {
-    let dev = device.clone().autodiff();
+/// A randomly initialised model of `cfg` on `device`.
+fn random_model(cfg: &ModelConfig, device: &Device) -> Result<CausalLm> {
     let map = init_weights(cfg, HeadKind::CausalLm, 0, 0.02);
-    let mut model = causal_lm_from_map(
+    let path = std::path::Path::new("<bench>");
+    Ok(causal_lm_from_map(
         cfg,
         &map,
-        std::path::Path::new("<bench>"),
-        &dev,
+        path,
+        device,
         rlhf_model::Strictness::Strict,
-    )?;
+    )?)
+}
+
+/// Training-step tokens/s (forward, backward, AdamW at lr 1e-4) of `model` (on an autodiff
+/// device), median over `steps` timed steps after `warmup` untimed ones.
+fn bench_train(mut model: CausalLm, b: usize, t: usize, warmup: usize, steps: usize) -> f64 {
+    let dev = model.decoder.embed.val().device();
     let mut optim = AdamWConfig::new().init();
-    let ids = random_ids(b, t, cfg.vocab_size, 2, &dev);
+    let ids = random_ids(b, t, model.config().vocab_size, 2, &dev);
     let mut times = Vec::new();
-    for i in 0..steps + 2 {
+    for i in 0..steps + warmup {
         let start = Instant::now();
         let loss = lm_loss(&model, ids.clone());
         let grads = loss.clone().backward();
         let g = GradientsParams::from_grads(grads, &model);
         model = optim.step(1e-4, model, g);
         sync(loss);
-        if i >= 2 {
+        if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    Ok((b * t) as f64 / median(&mut times))
+    (b * t) as f64 / median(&mut times)
+}
+
+/// This process's peak resident memory so far in MiB (Linux: `VmHWM`; `None` elsewhere).
+/// Peak memory of one workload is this number in a process that ran only that workload
+/// (`--only`), which is how `cargo xtask bench` runs them.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -152,6 +162,8 @@ pub struct BenchArgs {
     pub json: bool,
     /// Only the workloads whose `"<model> <workload>"` contains one of these (all when empty).
     pub only: Vec<String>,
+    /// Print the selected workloads' `"<model> <workload>"` names instead of running them.
+    pub list: bool,
 }
 
 impl BenchArgs {
@@ -161,7 +173,8 @@ impl BenchArgs {
     }
 }
 
-fn report(json_out: bool, rows: &mut Vec<serde_json::Value>, row: serde_json::Value) {
+fn report(json_out: bool, rows: &mut Vec<serde_json::Value>, mut row: serde_json::Value) {
+    row["peak_rss_mib"] = json!(peak_rss_mib());
     if json_out {
         println!("{row}");
     } else {
@@ -176,83 +189,130 @@ fn report(json_out: bool, rows: &mut Vec<serde_json::Value>, row: serde_json::Va
     rows.push(row);
 }
 
-/// Runs the benchmarks and prints one line per workload.
+/// What a job measures.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Forward { b: usize, t: usize },
+    Train { b: usize, t: usize },
+    Sample { b: usize, prompt: usize, new: usize },
+}
+
+/// One measurement: a model (a random one of `cfg`, or SmolLM2 when `cfg` is `None`) and what
+/// is measured on it.
+struct Job {
+    model: &'static str,
+    cfg: Option<ModelConfig>,
+    kind: Kind,
+}
+
+impl Job {
+    fn workload(&self) -> String {
+        match self.kind {
+            Kind::Forward { b, t } => format!("forward {b}x{t}"),
+            Kind::Train { b, t } => format!("train step {b}x{t}"),
+            Kind::Sample { b, prompt, new } => format!("sample b{b} prompt {prompt} new {new}"),
+        }
+    }
+}
+
+/// Every job, in the order they run; SmolLM2's only with `smollm2`.
+fn jobs(smollm2: bool) -> Vec<Job> {
+    let mut out = Vec::new();
+    for w in workloads() {
+        let (b, t) = (w.batch, w.seq);
+        let mut kinds = vec![Kind::Forward { b, t }, Kind::Train { b, t }];
+        kinds.extend([1, 8, 16, 32].map(|b| Kind::Sample {
+            b,
+            prompt: 16,
+            new: 48,
+        }));
+        out.extend(kinds.into_iter().map(|kind| Job {
+            model: w.name,
+            cfg: Some(w.cfg.clone()),
+            kind,
+        }));
+    }
+    if smollm2 {
+        let (b, t) = (4, 128);
+        let mut kinds = vec![Kind::Forward { b, t }, Kind::Train { b, t }];
+        kinds.extend([1, 8, 32].map(|b| Kind::Sample {
+            b,
+            prompt: 32,
+            new: 32,
+        }));
+        out.extend(kinds.into_iter().map(|kind| Job {
+            model: "SmolLM2-135M",
+            cfg: None,
+            kind,
+        }));
+    }
+    out
+}
+
+/// The model a job runs on, on `device` (an autodiff one for training).
+fn job_model(job: &Job, args: &BenchArgs, device: &Device) -> Result<CausalLm> {
+    match (&job.cfg, &args.smollm2) {
+        (Some(cfg), _) => random_model(cfg, device),
+        (None, Some(path)) => Ok(rlhf_model::Checkpoint::open(path)?.causal_lm(device)?),
+        (None, None) => anyhow::bail!("{}: needs --smollm2", job.model),
+    }
+}
+
+/// The model of `job`, loaded once for consecutive jobs of the same model.
+fn cached<'a>(
+    loaded: &'a mut Option<(&'static str, CausalLm)>,
+    job: &Job,
+    args: &BenchArgs,
+    device: &Device,
+) -> Result<&'a CausalLm> {
+    if loaded.as_ref().is_none_or(|(name, _)| *name != job.model) {
+        *loaded = Some((job.model, job_model(job, args, device)?));
+    }
+    Ok(&loaded.as_ref().expect("loaded above").1)
+}
+
+/// Runs the benchmarks and prints one line per workload (with `list`, only their names).
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let jobs: Vec<Job> = jobs(args.smollm2.is_some())
+        .into_iter()
+        .filter(|j| args.wants(j.model, &j.workload()))
+        .collect();
+    if args.list {
+        for j in &jobs {
+            println!("{} {}", j.model, j.workload());
+        }
+        return Ok(());
+    }
     let device = rlhf_backend::device(args.backend)?;
     device.seed(0);
     let backend = args.backend.name();
     let (reps, steps) = if args.quick { (2, 2) } else { (10, 10) };
     let mut rows = Vec::new();
-    for w in workloads() {
-        let map = init_weights(&w.cfg, HeadKind::CausalLm, 0, 0.02);
-        let model = causal_lm_from_map(
-            &w.cfg,
-            &map,
-            std::path::Path::new("<bench>"),
-            &device,
-            rlhf_model::Strictness::Strict,
-        )?;
-        let workload = format!("forward {}x{}", w.batch, w.seq);
-        if args.wants(w.name, &workload) {
-            let tps = bench_forward(&model, w.batch, w.seq, reps, &device);
-            report(
-                args.json,
-                &mut rows,
-                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
-            );
-        }
-        let workload = format!("train step {}x{}", w.batch, w.seq);
-        if args.wants(w.name, &workload) {
-            let tps = bench_train(&w.cfg, w.batch, w.seq, steps, &device)?;
-            report(
-                args.json,
-                &mut rows,
-                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
-            );
-        }
-        for batch in [1usize, 8, 16, 32] {
-            let workload = format!("sample b{batch} prompt 16 new 48");
-            if !args.wants(w.name, &workload) {
-                continue;
+    // One model per name, reused by its forward and sampling jobs; training builds its own.
+    let mut loaded: Option<(&'static str, CausalLm)> = None;
+    for job in &jobs {
+        let smol = job.cfg.is_none();
+        let tps = match job.kind {
+            Kind::Train { b, t } => {
+                let m = job_model(job, args, &device.clone().autodiff())?;
+                // SmolLM2: 1 warm-up and at most 3 timed steps (seconds each).
+                let (warmup, n) = if smol { (1, steps.min(3)) } else { (2, steps) };
+                bench_train(m, b, t, warmup, n)
             }
-            let tps = rlhf_rollout::bench_sampling(&model, batch, 16, 48, 0);
-            report(
-                args.json,
-                &mut rows,
-                json!({"backend": backend, "model": w.name, "workload": workload, "tokens_per_s": tps}),
-            );
-        }
-    }
-    let name = "SmolLM2-135M";
-    let sampling = |batch: usize| format!("sample b{batch} prompt 32 new 32");
-    let smol_batches: Vec<usize> = [1usize, 8, 32]
-        .into_iter()
-        .filter(|&b| args.wants(name, &sampling(b)))
-        .collect();
-    let smol_forward = args.wants(name, "forward 4x128");
-    if let Some(path) = args
-        .smollm2
-        .as_ref()
-        .filter(|_| smol_forward || !smol_batches.is_empty())
-    {
-        let ckpt = rlhf_model::Checkpoint::open(path)?;
-        let model = ckpt.causal_lm(&device)?;
-        if smol_forward {
-            let tps = bench_forward(&model, 4, 128, reps.min(3), &device);
-            report(
-                args.json,
-                &mut rows,
-                json!({"backend": backend, "model": name, "workload": "forward 4x128", "tokens_per_s": tps}),
-            );
-        }
-        for batch in smol_batches {
-            let tps = rlhf_rollout::bench_sampling(&model, batch, 32, 32, 0);
-            report(
-                args.json,
-                &mut rows,
-                json!({"backend": backend, "model": name, "workload": sampling(batch), "tokens_per_s": tps}),
-            );
-        }
+            Kind::Forward { b, t } => {
+                let r = if smol { reps.min(3) } else { reps };
+                bench_forward(cached(&mut loaded, job, args, &device)?, b, t, r, &device)
+            }
+            Kind::Sample { b, prompt, new } => {
+                let model = cached(&mut loaded, job, args, &device)?;
+                rlhf_rollout::bench_sampling(model, b, prompt, new, 0)
+            }
+        };
+        report(
+            args.json,
+            &mut rows,
+            json!({"backend": backend, "model": job.model, "workload": job.workload(), "tokens_per_s": tps}),
+        );
     }
     Ok(())
 }

@@ -156,6 +156,9 @@ enum Cmd {
         /// `--only "SmolLM2-135M sample b8"`); repeatable, any match runs.
         #[arg(long)]
         only: Vec<String>,
+        /// Print the selected workloads' "model workload" names, one per line, and stop.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -243,12 +246,14 @@ fn main() -> Result<()> {
             smollm2,
             json,
             only,
+            list,
         } => bench::run(&bench::BenchArgs {
             backend,
             quick,
             smollm2,
             json,
             only,
+            list,
         }),
     }
 }

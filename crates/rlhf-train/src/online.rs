@@ -269,8 +269,9 @@ impl OnlineTrainer {
 
     /// How many lower blocks the policy shares with the reference and the reward model (0:
     /// none). They share the blocks below the trained ones when the weights are bitwise the
-    /// same (`train_layers`): each step then runs them once instead of three times, with
-    /// bitwise the same results.
+    /// same (`train_layers`): each step then runs them once instead of three times. The
+    /// numbers are the unshared ones up to rounding: the policy's lower blocks then run on the
+    /// plain device's kernels, which round differently from the autodiff ones at the 1e-6 level.
     pub fn shared_blocks(&self) -> usize {
         self.sharing.blocks
     }
