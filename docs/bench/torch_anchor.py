@@ -11,7 +11,7 @@ one warm-up call, prefill included. Forward and train are medians of timed repet
 warm-ups. 2 threads. Each line carries the process's peak resident memory so far
 (`ru_maxrss`): run one workload per process (--only) to read a workload's own peak.
 
-Setup (once, about 6 GB): python3 -m venv VENV && VENV/bin/pip install torch==2.15.* transformers==5.24.* gguf
+Setup (once, about 6 GB): python3 -m venv VENV && VENV/bin/pip install torch==2.15.* transformers==5.24.* accelerate gguf
 Run: VENV/bin/python docs/bench/torch_anchor.py [--smol DIR] [--only SUBSTRING] [--quick]"""
 import json
 import resource

@@ -103,7 +103,7 @@ fn python_of(venv: &Path) -> Result<PathBuf> {
     if !py.exists() {
         bail!(
             "{}: no bin/python; create the venv with `python3 -m venv {0} && {0}/bin/pip install \
-             torch==2.15.* transformers==5.24.* gguf` (docs/benchmarks.md)",
+             torch==2.15.* transformers==5.24.* accelerate gguf` (docs/benchmarks.md)",
             venv.display()
         );
     }
