@@ -159,18 +159,18 @@ fn workloads(o: &Options) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A result's "model workload" name, as `rlhf bench --list` prints it.
+fn name_of(v: &Value) -> String {
+    let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    format!("{} {}", field("model"), field("workload"))
+}
+
 /// The one JSON result line of a process that ran the workload `name`.
 fn result_of(what: &str, stdout: &str, name: &str) -> Result<Value> {
     let rows: Vec<Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &Value| {
-            format!(
-                "{} {}",
-                v["model"].as_str().unwrap_or(""),
-                v["workload"].as_str().unwrap_or("")
-            ) == name
-        })
+        .filter(|v: &Value| name_of(v) == name)
         .collect();
     match rows.as_slice() {
         [one] => Ok(one.clone()),
@@ -235,13 +235,7 @@ fn values(results: &[Value], name: &str, torch: bool, field: &str) -> Vec<f64> {
     results
         .iter()
         .filter(|v| (v["backend"] == "torch") == torch)
-        .filter(|v| {
-            format!(
-                "{} {}",
-                v["model"].as_str().unwrap_or(""),
-                v["workload"].as_str().unwrap_or("")
-            ) == name
-        })
+        .filter(|v| name_of(v) == name)
         .filter_map(|v| v[field].as_f64())
         .collect()
 }

@@ -474,7 +474,11 @@ impl RewardModel {
     /// # Panics
     /// If a row of `mask` has no real token.
     pub fn forward(&self, ids: Tensor<2, Int>, mask: &AttentionMask) -> Tensor<1> {
-        let h = self.decoder.forward(ids, mask, None);
+        self.score_last(self.decoder.forward(ids, mask, None), mask)
+    }
+
+    /// The score head on the hidden state `h` of each row's last real token under `mask`.
+    pub(crate) fn score_last(&self, h: Tensor<3>, mask: &AttentionMask) -> Tensor<1> {
         let last = mask.last_real_index();
         self.score.forward(gather_rows(h, &last)).squeeze_dim(1)
     }

@@ -16,7 +16,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
 use crate::mask::AttentionMask;
-use crate::model::{BlockInputs, CausalLm, Decoder, RewardModel, gather_rows};
+use crate::model::{Block, BlockInputs, CausalLm, Decoder, RewardModel};
 
 /// Hidden states after a decoder's embedding and first [`Trunk::blocks`] blocks, with the
 /// rotary tables and attention mask the remaining blocks need.
@@ -57,18 +57,7 @@ impl Decoder {
         assert_eq!((mask.batch(), mask.seq_len()), (b, t), "mask shape");
         assert!(blocks <= self.blocks.len(), "trunk deeper than the model");
         let mut inputs = self.block_inputs(ids, mask);
-        for block in &self.blocks[..blocks] {
-            let i = &inputs;
-            let (y, _) = block.forward(
-                self.config(),
-                i.x.clone(),
-                &i.cos,
-                &i.sin,
-                i.attn_mask.clone(),
-                None,
-            );
-            inputs.x = y;
-        }
+        inputs.x = self.through(&self.blocks[..blocks], &inputs);
         Trunk { inputs, blocks }
     }
 
@@ -76,14 +65,19 @@ impl Decoder {
     /// remaining blocks: equal to [`Decoder::forward`] without a cache when this decoder's
     /// first `trunk.blocks()` blocks and embedding are the trunk's.
     pub fn forward_from(&self, trunk: &Trunk) -> Tensor<3> {
-        let i = &trunk.inputs;
-        let mut x = i.x.clone();
-        for block in &self.blocks[trunk.blocks..] {
-            x = block
-                .forward(self.config(), x, &i.cos, &i.sin, i.attn_mask.clone(), None)
-                .0;
-        }
+        let x = self.through(&self.blocks[trunk.blocks..], &trunk.inputs);
         self.norm.forward(x)
+    }
+
+    /// `inputs.x` after `blocks` (this decoder's), without a cache.
+    fn through(&self, blocks: &[Block], inputs: &BlockInputs) -> Tensor<3> {
+        let i = inputs;
+        blocks.iter().fold(i.x.clone(), |x, block| {
+            let mask = i.attn_mask.clone();
+            block
+                .forward(self.config(), x, &i.cos, &i.sin, mask, None)
+                .0
+        })
     }
 }
 
@@ -97,9 +91,7 @@ impl CausalLm {
 impl RewardModel {
     /// Scores `[B]` continuing `trunk`; `mask` is the one the trunk was built with.
     pub fn forward_from(&self, trunk: &Trunk, mask: &AttentionMask) -> Tensor<1> {
-        let h = self.decoder.forward_from(trunk);
-        let last = mask.last_real_index();
-        self.score.forward(gather_rows(h, &last)).squeeze_dim(1)
+        self.score_last(self.decoder.forward_from(trunk), mask)
     }
 }
 
@@ -112,27 +104,25 @@ pub fn shared_frozen_blocks(trained: &Decoder, other: &Decoder) -> usize {
         return 0;
     }
     let device = other.embed.val().device();
-    if !same_frozen(&trained.embed, &other.embed, &device) {
+    if !frozen_and_equal(&trained.embed, &other.embed, &device) {
         return 0;
     }
     trained
         .blocks
         .iter()
         .zip(&other.blocks)
-        .take_while(|(a, b)| {
-            let (pa, pb) = (params(*a), params(*b));
-            pa.len() == pb.len()
-                && pa
-                    .iter()
-                    .zip(&pb)
-                    .all(|((fa, ta), (_, tb))| *fa && equal(ta, tb, &device))
-        })
+        .take_while(|(a, b)| frozen_and_equal(*a, *b, &device))
         .count()
 }
 
-fn same_frozen(a: &Param<Tensor<2>>, b: &Param<Tensor<2>>, device: &Device) -> bool {
-    let a = a.val();
-    !a.is_require_grad() && equal(&a.flatten(0, 1), &b.val().flatten(0, 1), device)
+/// Whether every parameter of `trained` is frozen and bitwise equal to `other`'s.
+fn frozen_and_equal<M: Module>(trained: &M, other: &M, device: &Device) -> bool {
+    let (pa, pb) = (params(trained), params(other));
+    pa.len() == pb.len()
+        && pa
+            .iter()
+            .zip(&pb)
+            .all(|((frozen, ta), (_, tb))| *frozen && equal(ta, tb, device))
 }
 
 fn equal(a: &Tensor<1>, b: &Tensor<1>, device: &Device) -> bool {
@@ -218,6 +208,17 @@ mod tests {
         // Other weights: nothing equal.
         let other = tiny(4, &ad).valid();
         assert_eq!(shared_frozen_blocks(&policy.decoder, &other.decoder), 0);
+        // The same blocks under another embedding: nothing shared either.
+        let cfg = ModelConfig::tiny_llama(32, 16, 3);
+        let mut map = init_weights(&cfg, HeadKind::CausalLm, 3, 0.2);
+        map.get_mut("model.embed_tokens.weight").unwrap().data[0] += 1.0;
+        let path = "x".as_ref();
+        let embed_differs = causal_lm_from_map(&cfg, &map, path, &ad, Strictness::Strict).unwrap();
+        let embed_differs = embed_differs.valid();
+        assert_eq!(
+            shared_frozen_blocks(&policy.decoder, &embed_differs.decoder),
+            0
+        );
         // A trunk of the plain base, continued by the policy on the autodiff device: bitwise
         // equal to nothing (burn's autodiff and plain kernels round differently, at 1e-6 here),
         // as close to either full forward as they are to each other.
