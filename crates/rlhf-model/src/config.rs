@@ -109,6 +109,24 @@ pub enum Activation {
     Relu,
 }
 
+/// How a reward model turns hidden states into one score per sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorePooling {
+    /// The score head on the last real token (HF `*ForSequenceClassification`).
+    #[default]
+    Last,
+    /// The score head on every completion token, summed: a per-token reward whose sum is the
+    /// sequence's score, so that judging one clause needs no aggregation into one position.
+    /// Written to `config.json` as `"rlhf_score_pooling": "sum"` (transformers ignores it).
+    Sum,
+}
+
+impl ScorePooling {
+    /// The `config.json` key that stores a non-default pooling.
+    pub const HF_KEY: &'static str = "rlhf_score_pooling";
+}
+
 /// Everything needed to build a decoder. Field names follow HF where HF has one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -152,6 +170,9 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// Padding token id, if any.
     pub pad_token_id: Option<u32>,
+    /// Reward models only: how the score head pools the sequence.
+    #[serde(default)]
+    pub score_pooling: ScorePooling,
 }
 
 impl ModelConfig {
@@ -185,6 +206,7 @@ impl ModelConfig {
             bos_token_id: None,
             eos_token_id: None,
             pad_token_id: None,
+            score_pooling: ScorePooling::Last,
         }
     }
 
@@ -335,6 +357,19 @@ impl ModelConfig {
                 _ => None,
             }
         };
+        let score_pooling = match get(ScorePooling::HF_KEY) {
+            None => ScorePooling::Last,
+            Some(v) => match v.as_str() {
+                Some("last") => ScorePooling::Last,
+                Some("sum") => ScorePooling::Sum,
+                _ => {
+                    return Err(ModelError::Config {
+                        field: format!("{source}: {}", ScorePooling::HF_KEY),
+                        expected: format!("\"last\" or \"sum\", found {v}"),
+                    });
+                }
+            },
+        };
         let model_type =
             get("model_type")
                 .and_then(Value::as_str)
@@ -431,6 +466,7 @@ impl ModelConfig {
                     bos_token_id: opt_id("bos_token_id"),
                     eos_token_id: opt_id("eos_token_id"),
                     pad_token_id: opt_id("pad_token_id"),
+                    score_pooling,
                 }
             }
             Architecture::GptNeoX => {
@@ -458,6 +494,7 @@ impl ModelConfig {
                     bos_token_id: opt_id("bos_token_id"),
                     eos_token_id: opt_id("eos_token_id"),
                     pad_token_id: opt_id("pad_token_id"),
+                    score_pooling,
                 }
             }
         };
@@ -527,6 +564,9 @@ impl ModelConfig {
             }
         }
         if head == HeadKind::Score {
+            if self.score_pooling == ScorePooling::Sum {
+                m.insert(ScorePooling::HF_KEY.into(), json!("sum"));
+            }
             m.insert("num_labels".into(), json!(1));
             m.insert("id2label".into(), json!({"0": "LABEL_0"}));
             m.insert("label2id".into(), json!({"LABEL_0": 0}));

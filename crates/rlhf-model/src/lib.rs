@@ -16,7 +16,7 @@ pub mod peft;
 pub mod trunk;
 pub mod weights;
 
-pub use config::{Activation, Architecture, HeadKind, ModelConfig};
+pub use config::{Activation, Architecture, HeadKind, ModelConfig, ScorePooling};
 pub use error::ModelError;
 pub use ids::with_stable_ids;
 pub use mask::AttentionMask;

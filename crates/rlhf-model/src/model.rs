@@ -12,7 +12,7 @@ use burn::tensor::activation;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::config::{Activation, Architecture, ModelConfig};
+use crate::config::{Activation, Architecture, ModelConfig, ScorePooling};
 use crate::mask::AttentionMask;
 
 /// RMSNorm (Llama) or LayerNorm with bias (GPT-NeoX).
@@ -453,8 +453,9 @@ impl CausalLm {
     }
 }
 
-/// A scalar reward model (HF `*ForSequenceClassification` with one label): the score is the
-/// head applied to the hidden state of the last real (non-pad) token of each sequence.
+/// A scalar reward model (HF `*ForSequenceClassification` with one label): by default the
+/// score is the head applied to the hidden state of the last real (non-pad) token of each
+/// sequence; with [`ScorePooling::Sum`] it is the head's output summed over the completion.
 #[derive(Module, Debug)]
 pub struct RewardModel {
     /// The backbone.
@@ -469,19 +470,72 @@ impl RewardModel {
         self.decoder.config()
     }
 
-    /// Scores `[B]`.
+    /// This model with its score pooled as `pooling` (stored in its configuration).
+    pub fn with_score_pooling(mut self, pooling: ScorePooling) -> Self {
+        self.decoder.cfg.score_pooling = pooling;
+        self
+    }
+
+    /// Scores `[B]` of whole sequences (every real token counts as completion).
     ///
     /// # Panics
     /// If a row of `mask` has no real token.
     pub fn forward(&self, ids: Tensor<2, Int>, mask: &AttentionMask) -> Tensor<1> {
-        self.score_last(self.decoder.forward(ids, mask, None), mask)
+        let b = mask.lengths().len();
+        self.score_completions(ids, mask, &vec![0; b])
     }
 
-    /// The score head on the hidden state `h` of each row's last real token under `mask`.
-    pub(crate) fn score_last(&self, h: Tensor<3>, mask: &AttentionMask) -> Tensor<1> {
-        let last = mask.last_real_index();
-        self.score.forward(gather_rows(h, &last)).squeeze_dim(1)
+    /// Scores `[B]` of `prompt ++ completion` rows whose prompts are `prompt_lens` long.
+    ///
+    /// # Panics
+    /// If a row of `mask` has no real token.
+    pub fn score_completions(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: &AttentionMask,
+        prompt_lens: &[usize],
+    ) -> Tensor<1> {
+        self.pool(self.decoder.forward(ids, mask, None), mask, prompt_lens)
     }
+
+    /// The score head over hidden states `h` `[B, T, d]`, pooled as the configuration says.
+    pub(crate) fn pool(
+        &self,
+        h: Tensor<3>,
+        mask: &AttentionMask,
+        prompt_lens: &[usize],
+    ) -> Tensor<1> {
+        match self.config().score_pooling {
+            ScorePooling::Last => {
+                let last = mask.last_real_index();
+                self.score.forward(gather_rows(h, &last)).squeeze_dim(1)
+            }
+            ScorePooling::Sum => {
+                let [b, t, _] = h.dims();
+                let w = Tensor::<2>::from_data(
+                    TensorData::new(completion_weights(mask, prompt_lens), [b, t]),
+                    &h.device(),
+                );
+                let per_token = self.score.forward(h).reshape([b, t]);
+                (per_token * w).sum_dim(1).reshape([b])
+            }
+        }
+    }
+}
+
+/// `[B·T]` flags: 1 on each row's real tokens after its first `prompt_lens[i]` real ones (the
+/// completion, under left or right padding), else 0.
+fn completion_weights(mask: &AttentionMask, prompt_lens: &[usize]) -> Vec<f32> {
+    assert_eq!(prompt_lens.len(), mask.batch(), "one prompt length per row");
+    let mut out = Vec::with_capacity(mask.batch() * mask.seq_len());
+    for (i, &p) in prompt_lens.iter().enumerate() {
+        let mut seen = 0;
+        for &real in mask.row(i) {
+            out.push(f32::from(u8::from(real && seen >= p)));
+            seen += usize::from(real);
+        }
+    }
+    out
 }
 
 /// A per-token value head (PPO critic): `[B, T, d]` -> `[B, T]`.

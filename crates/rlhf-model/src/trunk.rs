@@ -89,9 +89,15 @@ impl CausalLm {
 }
 
 impl RewardModel {
-    /// Scores `[B]` continuing `trunk`; `mask` is the one the trunk was built with.
-    pub fn forward_from(&self, trunk: &Trunk, mask: &AttentionMask) -> Tensor<1> {
-        self.score_last(self.decoder.forward_from(trunk), mask)
+    /// Scores `[B]` continuing `trunk` (see [`RewardModel::score_completions`]); `mask` is the
+    /// one the trunk was built with.
+    pub fn forward_from(
+        &self,
+        trunk: &Trunk,
+        mask: &AttentionMask,
+        prompt_lens: &[usize],
+    ) -> Tensor<1> {
+        self.pool(self.decoder.forward_from(trunk), mask, prompt_lens)
     }
 }
 
@@ -237,5 +243,48 @@ mod tests {
         let devices = diff(&full_ad, &full_plain);
         assert!(devices < 1e-5, "{devices}");
         assert!(diff(&got, &full_ad) <= devices && diff(&got, &full_plain) <= devices);
+    }
+
+    #[test]
+    fn summed_scores_count_the_completion_and_survive_a_save() {
+        use crate::{RewardModel, ScorePooling, reward_model_from_map, save_hf};
+        let device = rlhf_backend::test_device();
+        let cfg = ModelConfig::tiny_llama(32, 16, 3);
+        let map = init_weights(&cfg, HeadKind::Score, 3, 0.2);
+        let last = reward_model_from_map(&cfg, &map, "x".as_ref(), &device, 0).unwrap();
+        let sum = reward_model_from_map(&cfg, &map, "x".as_ref(), &device, 0)
+            .unwrap()
+            .with_score_pooling(ScorePooling::Sum);
+        let (ids, mask) = batch(&device);
+        // Row 0 is left-padded (4 real tokens), row 1 full (5); prompts of 2 and 3 tokens.
+        let h = sum.decoder.forward(ids.clone(), &mask, None);
+        let per_token = sum.score.forward(h).reshape([2, 5]);
+        let pt = per_token.into_data().try_to_vec::<f32>().unwrap();
+        let want = [pt[3] + pt[4], pt[8] + pt[9]];
+        let got = sum.score_completions(ids.clone(), &mask, &[2, 3]);
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // Last-token pooling ignores the prompt lengths and is the HF score.
+        let l = |m: &RewardModel, p: &[usize]| {
+            let s = m.score_completions(ids.clone(), &mask, p);
+            s.into_data().try_to_vec::<f32>().unwrap()
+        };
+        assert_eq!(l(&last, &[2, 3]), l(&last, &[0, 0]));
+        assert!((l(&last, &[0, 0])[1] - pt[9]).abs() < 1e-5);
+        // Continuing a trunk pools the same way.
+        let t = sum.decoder.trunk(ids.clone(), &mask, 1);
+        let from = sum.forward_from(&t, &mask, &[2, 3]);
+        assert_eq!(from.into_data().try_to_vec::<f32>().unwrap(), got);
+        // The pooling is written to config.json and read back; HF models default to last.
+        let dir = std::env::temp_dir().join(format!("rlhf-sum-rm-{}", std::process::id()));
+        save_hf(&dir, sum.config(), HeadKind::Score, &sum.to_weight_map()).unwrap();
+        let back = crate::Checkpoint::open(&dir).unwrap();
+        assert_eq!(back.config.score_pooling, ScorePooling::Sum);
+        save_hf(&dir, last.config(), HeadKind::Score, &last.to_weight_map()).unwrap();
+        let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(!text.contains(ScorePooling::HF_KEY), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -85,7 +85,7 @@ pub fn completion_logps(model: &CausalLm, batch: &SeqBatch) -> SequenceLogps {
 
 /// Reward-model scores of `prompt ++ completion` sequences.
 pub fn reward_scores(rm: &RewardModel, batch: &SeqBatch) -> Tensor<1> {
-    rm.forward(batch.ids.clone(), &batch.mask)
+    rm.score_completions(batch.ids.clone(), &batch.mask, &batch.prompt_lens)
 }
 
 /// A `[1]` tensor as f64 (synchronises).

@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use rlhf_model::ScorePooling;
 use rlhf_objectives::{
     EntropyBonus, KlPenalty, PpoConfig, PreferenceLoss, Regularizer, RewardModelLoss, SimpoMargin,
 };
@@ -123,6 +124,10 @@ pub struct RewardConfig {
     pub loss: RewardModelLoss,
     /// Fraction of the pairs held out to report accuracy.
     pub eval_fraction: f64,
+    /// How the score pools the sequence: `"last"` (the last token, HF's classification head)
+    /// or `"sum"` (a per-token score summed over the completion). Unset: the model's own
+    /// (`last` for a new head).
+    pub pooling: Option<ScorePooling>,
     /// The optimiser.
     pub optim: OptimConfig,
 }
@@ -134,6 +139,7 @@ impl Default for RewardConfig {
             batch_size: 32,
             loss: RewardModelLoss::default(),
             eval_fraction: 0.2,
+            pooling: None,
             optim: OptimConfig {
                 lr: 1e-3,
                 ..OptimConfig::default()

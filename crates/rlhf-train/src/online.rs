@@ -106,8 +106,8 @@ impl RewardSource {
     fn model_scores(&self, batch: &SeqBatch, trunk: Option<&Trunk>) -> Option<Vec<f32>> {
         match self {
             Self::Model(rm) => Some(to_vec(match trunk {
-                Some(t) => rm.forward_from(t, &batch.mask),
-                None => rm.forward(batch.ids.clone(), &batch.mask),
+                Some(t) => rm.forward_from(t, &batch.mask, &batch.prompt_lens),
+                None => rm.score_completions(batch.ids.clone(), &batch.mask, &batch.prompt_lens),
             })),
             Self::Judge => None,
             Self::Implicit(r) => {

@@ -190,8 +190,13 @@ impl Default for StudyConfig {
                 intermediate_size: 96,
                 init_std: 0.02,
             },
+            // 12000 pairs of one sample at the online temperature and one at 1.0, and a
+            // reward model initialised from SFT that sums a per-token score: the proxy whose
+            // best-of-n raises gold most (docs/task.md, "The proxy").
             data: DataSizes {
                 eval_prompts: 512,
+                pairs: 12_000,
+                pair_temperatures: [0.7, 1.0],
                 ..DataSizes::default()
             },
             sft: SftConfig {
@@ -203,7 +208,7 @@ impl Default for StudyConfig {
                     ..OptimConfig::default()
                 },
             },
-            reward_from_sft: false,
+            reward_from_sft: true,
             reward_pretrain: SftConfig {
                 steps: 400,
                 batch_size: 32,
@@ -214,7 +219,8 @@ impl Default for StudyConfig {
                 },
             },
             reward: RewardConfig {
-                steps: 400,
+                steps: 1200,
+                pooling: Some(rlhf_model::ScorePooling::Sum),
                 batch_size: 32,
                 optim: OptimConfig {
                     lr: 1e-3,
@@ -778,6 +784,7 @@ pub fn write_sweep_report(outs: &[(u64, StudyOutput)], path: &Path) -> Result<()
         );
     }
     md.push('\n');
+    md.push_str(&sweep_claims(outs)?);
     for (s, o) in outs {
         let _ = writeln!(md, "* seed {s}: {}", o.report.display());
     }
@@ -785,6 +792,50 @@ pub fn write_sweep_report(outs: &[(u64, StudyOutput)], path: &Path) -> Result<()
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
     std::fs::write(path, md).map_err(io(path))
+}
+
+/// The sweep report's claims table: for each claim of the seeds' `summary.json`, whether it
+/// holds in each seed, with that seed's numbers.
+fn sweep_claims(outs: &[(u64, StudyOutput)]) -> Result<String, TrainError> {
+    let mut rows: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (i, (_, o)) in outs.iter().enumerate() {
+        let path = o.root.join("summary.json");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Format {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+        for c in v["claims"].as_array().into_iter().flatten() {
+            let key = c["key"].as_str().unwrap_or_default().to_string();
+            let pos = rows.iter().position(|r| r.0 == key).unwrap_or_else(|| {
+                let claim = c["claim"].as_str().unwrap_or_default().to_string();
+                rows.push((key.clone(), claim, vec!["(absent)".into(); outs.len()]));
+                rows.len() - 1
+            });
+            let holds = if c["holds"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "**no**"
+            };
+            rows[pos].2[i] = format!("{holds}: {}", c["evidence"].as_str().unwrap_or_default());
+        }
+    }
+    let mut md = String::from("## The study's claims, per seed\n\n| claim | holds in |");
+    for (s, _) in outs {
+        let _ = write!(md, " seed {s} |");
+    }
+    md.push_str(&format!("\n|---|---|{}\n", "---|".repeat(outs.len())));
+    for (_, claim, cells) in &rows {
+        let n = cells.iter().filter(|c| c.starts_with("yes")).count();
+        let _ = writeln!(
+            md,
+            "| {claim} | {n} of {} | {} |",
+            outs.len(),
+            cells.join(" | ")
+        );
+    }
+    md.push('\n');
+    Ok(md)
 }
 
 /// The study's two learning rates as the summary labels its runs (`kl@lr<LR>`): the lower and

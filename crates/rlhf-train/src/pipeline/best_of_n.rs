@@ -2,7 +2,9 @@
 //! each held-out prompt, `max_n` responses are sampled from the policy and scored by the proxy
 //! reward model and by the judge; for n = 1, 2, 4, ..., `max_n`, the expected gold and proxy
 //! score of the proxy's favourite among n samples, against KL_bon = log n - (n - 1)/n, next to
-//! the judge's own favourite (the ceiling). Writes `best_of_n.jsonl`, one line per n.
+//! the judge's own favourite (the ceiling). Writes `best_of_n.jsonl`, one line per n, and
+//! `picks.jsonl`, one line per prompt: the proxy's favourite of all `max_n` samples next to the
+//! judge's, with both scores, to read what the proxy rewards far from the policy.
 //!
 //! The expectation over n-subsets of the `max_n` samples is exact (the unbiased estimator of
 //! Gao et al.): with the samples ranked by score, the one of rank i (1 = lowest) is the best of a
@@ -151,7 +153,7 @@ fn proxy_scores(
         let p: Vec<&[u32]> = chunk.iter().map(|s| s.prompt_ids.as_slice()).collect();
         let c: Vec<&[u32]> = chunk.iter().map(|s| s.response_ids.as_slice()).collect();
         let b = SeqBatch::new(&p, &c, pad, &dev);
-        let mut s = to_vec(rm.forward(b.ids, &b.mask));
+        let mut s = to_vec(rm.score_completions(b.ids, &b.mask, &b.prompt_lens));
         for (v, x) in s.iter_mut().zip(chunk) {
             if !x.response_ids.contains(&eos) {
                 *v -= penalty;
@@ -193,6 +195,7 @@ pub fn write_best_of_n(
     let per_call = (1024 / m).max(1);
     let curve_ns = ns(m);
     let mut sums = vec![[0.0f64; 3]; curve_ns.len()];
+    let mut picks = String::new();
     for (ci, chunk) in prompts.chunks(per_call).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
         let generation = GenerationConfig {
@@ -236,6 +239,15 @@ pub fn write_best_of_n(
                 });
             }
             let px = &proxy[k * m..(k + 1) * m];
+            let text_of = |i: usize| (inp.decode)(&group[i].response_ids);
+            let (bp, bg) = (argmax(px), argmax(&gold));
+            let line = serde_json::json!({
+                "prompt": p.text,
+                "proxy_pick": text_of(bp), "proxy_pick_proxy": px[bp], "proxy_pick_gold": gold[bp],
+                "gold_pick": text_of(bg), "gold_pick_proxy": px[bg], "gold_pick_gold": gold[bg],
+            });
+            picks.push_str(&line.to_string());
+            picks.push('\n');
             for (j, &n) in curve_ns.iter().enumerate() {
                 sums[j][0] += expected_best(px, px, n);
                 sums[j][1] += expected_best(px, &gold, n);
@@ -261,7 +273,13 @@ pub fn write_best_of_n(
         text.push('\n');
     }
     write_atomically(&dir.join("best_of_n.jsonl"), &text)?;
+    write_atomically(&dir.join("picks.jsonl"), &picks)?;
     Ok(curve)
+}
+
+/// The index of the largest value (the first of equals).
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
 }
 
 /// Reads a stage's `best_of_n.jsonl`.

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::PipelineSpec;
 use super::best_of_n::{BonPoint, read_best_of_n};
+use super::claims::{Claim, ClaimInputs, check_claims, claims_section};
 use super::fit::{Fit, Form, fit};
 use super::svg::{Series, svg_lines};
 use crate::config::StageConfig;
@@ -358,6 +359,14 @@ pub fn comparison_section(
     // Findings first: what a reader wants.
     let _ = writeln!(md, "\n## What was found\n");
     md.push_str(&findings(&curves, &comp.offline));
+    let alphas = entropy_alphas(spec);
+    let claims = check_claims(&ClaimInputs {
+        curves: &curves,
+        offline: &comp.offline,
+        best_of_n: comp.best_of_n.as_deref(),
+        entropy_alphas: &alphas,
+    });
+    md.push_str(&claims_section(&claims));
 
     // Summary table.
     let _ = writeln!(md, "\n## Summary\n");
@@ -492,7 +501,7 @@ pub fn comparison_section(
     if let Some(bon) = &comp.best_of_n {
         md.push_str(&best_of_n_section(bon, fig_dir)?);
     }
-    write_summary(spec, comp, &curves)?;
+    write_summary(spec, comp, &curves, &claims)?;
 
     // Samples.
     let _ = writeln!(md, "\n## Sample responses\n");
@@ -764,12 +773,32 @@ fn best_of_n_section(bon: &[BonPoint], fig_dir: &Path) -> Result<String, TrainEr
     Ok(md)
 }
 
+/// Sequence-entropy arms' coefficients by arm name (the stage name before `@`).
+fn entropy_alphas(spec: &PipelineSpec) -> BTreeMap<String, f64> {
+    use rlhf_objectives::{EntropyBonus, Regularizer};
+    spec.stages
+        .iter()
+        .filter_map(|st| match &st.config {
+            StageConfig::Online(c) => match c.regularizer {
+                Regularizer::Entropy(EntropyBonus::Sequence { alpha, .. }) => {
+                    let arm = st.name.split('@').next().unwrap_or(&st.name);
+                    Some((arm.to_string(), alpha))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// `<out>/summary.json`: per run the peak gold (its step and KL), final gold, win rate, proxy and
-/// exact KL, and the fitted coefficients; the offline evaluations; the best-of-n curve and fit.
+/// exact KL, and the fitted coefficients; the offline evaluations; the best-of-n curve and fit;
+/// the study's claims, checked.
 fn write_summary(
     spec: &PipelineSpec,
     comp: &Comparison,
     curves: &[Curve],
+    claims: &[Claim],
 ) -> Result<(), TrainError> {
     use serde_json::json;
     let fit_json = |f: Option<Fit>| match f {
@@ -817,6 +846,7 @@ fn write_summary(
         "offline": comp.offline,
         "online": runs,
         "best_of_n": bon,
+        "claims": claims,
     });
     let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
     crate::common::write_atomically(&spec.out.join("summary.json"), &(text + "\n"))

@@ -48,7 +48,7 @@ impl GoldScorer for RewardJudge {
                 let rm = self.rm.lock().unwrap_or_else(|e| e.into_inner());
                 let dev = rm.decoder.embed.val().device();
                 let b = SeqBatch::new(&[p.as_slice()], &[r.as_slice()], self.pad, &dev);
-                to_vec(rm.forward(b.ids, &b.mask))[0]
+                to_vec(rm.score_completions(b.ids, &b.mask, &b.prompt_lens))[0]
             }
             _ => f32::NAN,
         };

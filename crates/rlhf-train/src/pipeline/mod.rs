@@ -8,6 +8,7 @@
 //! [`best_of_n`] measures Gao et al.'s best-of-n curve and [`fit`] fits their functional forms.
 
 pub mod best_of_n;
+pub mod claims;
 pub mod compare;
 pub mod fit;
 pub mod inputs;

@@ -374,7 +374,10 @@ fn run_one(
             };
             check_vocab(spec, i, &text, model.config().vocab_size)?;
             let (peft, field, peft_seed) = peft_of(spec, st);
-            let model = model.with_peft(&peft, &field, peft_seed)?;
+            let mut model = model.with_peft(&peft, &field, peft_seed)?;
+            if let Some(p) = cfg.pooling {
+                model = model.with_score_pooling(p);
+            }
             let mut cfg = cfg.clone();
             let n = train_pairs.len() + held.len();
             cfg.eval_fraction = held.len() as f64 / n.max(1) as f64;
