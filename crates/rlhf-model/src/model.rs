@@ -481,8 +481,7 @@ impl RewardModel {
     /// # Panics
     /// If a row of `mask` has no real token.
     pub fn forward(&self, ids: Tensor<2, Int>, mask: &AttentionMask) -> Tensor<1> {
-        let b = mask.lengths().len();
-        self.score_completions(ids, mask, &vec![0; b])
+        self.score_completions(ids, mask, &vec![0; mask.batch()])
     }
 
     /// Scores `[B]` of `prompt ++ completion` rows whose prompts are `prompt_lens` long.

@@ -135,14 +135,14 @@ fn best_of_n_claims(bon: &[BonPoint]) -> Vec<Claim> {
         "bon_proxy_rises",
         "best-of-n: the proxy score rises with n",
         proxy.windows(2).all(|w| w[1] >= w[0]),
-        format!("{}", list(&proxy)),
+        list(&proxy),
     ));
     let gap: Vec<f64> = bon.iter().map(|p| p.gold_ceiling - p.gold).collect();
     out.push(Claim::new(
         "bon_gap_widens",
         "best-of-n: the gap to the gold-selected best widens with n",
         gap.windows(2).all(|w| w[1] >= w[0]),
-        format!("{}", list(&gap)),
+        list(&gap),
     ));
     out
 }
