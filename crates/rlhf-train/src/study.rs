@@ -865,6 +865,15 @@ fn dec3(x: f64) -> String {
     format!("{x:.3}").replace('-', "−")
 }
 
+/// [`dec3`] with a sign: `+0.250`, `−0.750`.
+fn signed3(x: f64) -> String {
+    if x.is_sign_negative() {
+        dec3(x)
+    } else {
+        format!("+{}", dec3(x))
+    }
+}
+
 /// The README's results table, from a default study's `summary.json` (what `cargo xtask train`
 /// writes to `runs/study/summary.json`; `docs/summary.json` is the copy the README quotes, and a
 /// test keeps the two in step).
@@ -912,7 +921,7 @@ pub fn readme_table(summary: &serde_json::Value) -> Result<String, TrainError> {
             dec3(val("final_gold")?),
             dec3(val("final_win_rate")?),
             sig2(val("final_kl_exact")?),
-            format!("{proxy:+.3}").replace('-', "−"),
+            signed3(proxy),
         ));
     }
     Ok(t)
@@ -920,9 +929,9 @@ pub fn readme_table(summary: &serde_json::Value) -> Result<String, TrainError> {
 
 /// Online runs in the table's order: learning rate from high to low, then the arms in the
 /// study's order (KL first, the gold ceiling last), unknown arms alphabetically before it.
-fn ordered_runs(
-    runs: &serde_json::Map<String, serde_json::Value>,
-) -> Vec<(&String, &serde_json::Value)> {
+fn ordered_runs<'a>(
+    runs: &'a serde_json::Map<String, serde_json::Value>,
+) -> Vec<(&'a String, &'a serde_json::Value)> {
     let rank = |arm: &str| match arm {
         "kl" => 0,
         "none" => 1,
@@ -932,11 +941,11 @@ fn ordered_runs(
     let mut v: Vec<_> = runs.iter().collect();
     v.sort_by(|(la, a), (lb, b)| {
         let lr = |r: &serde_json::Value| r["lr"].as_str().and_then(|s| s.parse::<f64>().ok());
-        let arm = |r: &serde_json::Value| r["arm"].as_str().unwrap_or("").to_string();
+        let arm = |r: &'a serde_json::Value| r["arm"].as_str().unwrap_or("");
         lr(b)
             .unwrap_or(f64::NAN)
             .total_cmp(&lr(a).unwrap_or(f64::NAN))
-            .then(rank(&arm(a)).cmp(&rank(&arm(b))))
+            .then(rank(arm(a)).cmp(&rank(arm(b))))
             .then(la.cmp(lb))
     });
     v
@@ -997,6 +1006,10 @@ mod tests {
         assert_eq!(sig2(17.47), "17");
         assert_eq!(sig2(0.1304), "0.13");
         assert_eq!(dec3(-1.4361), "−1.436");
+        assert_eq!(
+            (signed3(0.25), signed3(-0.75)),
+            ("+0.250".into(), "−0.750".into())
+        );
     }
 
     #[test]
