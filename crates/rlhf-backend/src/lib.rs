@@ -7,10 +7,13 @@
 //! Architecture invariant: a backend that was not compiled in is an error that names the cargo
 //! feature to enable ([`BackendError::NotCompiled`]), never a silent fallback to another backend.
 
+mod probe;
+
 use std::fmt;
 use std::str::FromStr;
 
 pub use burn::prelude::Device;
+pub use probe::{Adapter, PROBE_TIMEOUT, adapters};
 
 /// The execution backends a user can ask for.
 #[derive(
@@ -109,10 +112,28 @@ pub enum BackendError {
         /// The cargo feature that compiles it in.
         feature: &'static str,
     },
+    /// The backend is compiled in but cannot run on this machine (no driver, no device).
+    #[error("backend `{kind}` cannot run on this machine: {reason}")]
+    Unavailable {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// What the driver or the runtime reported.
+        reason: String,
+    },
 }
 
 /// The device for `kind`, without autodiff (inference, sampling, evaluation).
+///
+/// A GPU backend is checked once per process before it is handed out (its driver loads, it
+/// sees a device and a test sum returns within [`PROBE_TIMEOUT`]): a machine without one gets
+/// [`BackendError::Unavailable`] naming the cause, never a panic or a hang.
 pub fn device(kind: BackendKind) -> Result<Device, BackendError> {
+    let device = unchecked_device(kind)?;
+    probe::check(kind, &device).map_err(|reason| BackendError::Unavailable { kind, reason })?;
+    Ok(device)
+}
+
+fn unchecked_device(kind: BackendKind) -> Result<Device, BackendError> {
     match kind {
         BackendKind::Cpu => Ok(Device::flex()),
         #[cfg(feature = "ndarray")]
@@ -178,6 +199,26 @@ mod tests {
             let err = device(kind).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(kind.feature().unwrap()), "{msg}");
+        }
+    }
+
+    /// Built with CUDA: a machine with a GPU computes on it, one without gets an error that
+    /// names the cause (this returns instead of panicking or hanging on burn's device thread).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_is_a_device_or_an_error_naming_the_cause() {
+        match device(BackendKind::Cuda) {
+            Ok(dev) => {
+                let s = Tensor::<1>::from_floats([1.0, 2.0], &dev).sum();
+                assert_eq!(s.into_scalar::<f32>(), 3.0);
+                assert!(!adapters(BackendKind::Cuda).is_empty());
+            }
+            Err(BackendError::Unavailable { kind, reason }) => {
+                assert_eq!(kind, BackendKind::Cuda);
+                assert!(reason.contains("CUDA") || reason.contains("cu"), "{reason}");
+                assert!(adapters(BackendKind::Cuda).is_empty());
+            }
+            Err(other) => panic!("unexpected error: {other}"),
         }
     }
 

@@ -50,6 +50,48 @@ fn workloads() -> Vec<Workload> {
     ]
 }
 
+/// SmolLM2-135M's shape (`docs/smollm2.md`), for sampling on a machine without the GGUF file.
+fn smollm2_shape() -> ModelConfig {
+    let mut c = ModelConfig::tiny_llama(49152, 576, 30);
+    c.num_heads = 9;
+    c.num_kv_heads = 3;
+    c.head_dim = 64;
+    c.intermediate_size = 1536;
+    c.rope_theta = 100_000.0;
+    c.tie_word_embeddings = true;
+    c
+}
+
+/// Pythia-410M's shape (GPT-NeoX: parallel residual, a quarter of each head rotated, GELU).
+fn pythia_410m_shape() -> ModelConfig {
+    let mut c = ModelConfig::tiny_llama(50304, 1024, 24);
+    c.arch = rlhf_model::Architecture::GptNeoX;
+    c.num_heads = 16;
+    c.num_kv_heads = 16;
+    c.head_dim = 64;
+    c.intermediate_size = 4096;
+    c.partial_rotary_factor = 0.25;
+    c.activation = rlhf_model::Activation::Gelu;
+    c.use_parallel_residual = true;
+    c.attention_bias = true;
+    c.mlp_bias = true;
+    c
+}
+
+/// Floating-point operations of one training step per token at sequence length `t`: 6 per
+/// weight that multiplies (every weight but the input embedding's lookup and the norms) and
+/// 12·layers·width·t for attention's two products, forward and backward (PaLM, appendix B).
+pub fn train_flops_per_token(cfg: &ModelConfig, t: usize) -> f64 {
+    let d = cfg.hidden_size as f64;
+    let lookup = if cfg.tie_word_embeddings {
+        0.0
+    } else {
+        cfg.vocab_size as f64 * d
+    };
+    let attn_width = (cfg.num_heads * cfg.head_dim) as f64;
+    6.0 * (cfg.num_params() - lookup) + 12.0 * cfg.num_layers as f64 * attn_width * t as f64
+}
+
 fn random_ids(b: usize, t: usize, vocab: usize, seed: u64, device: &Device) -> Tensor<2, Int> {
     // A tiny LCG: the benchmark only needs fixed, spread-out ids.
     let mut s = seed
@@ -164,6 +206,9 @@ pub struct BenchArgs {
     pub only: Vec<String>,
     /// Print the selected workloads' `"<model> <workload>"` names instead of running them.
     pub list: bool,
+    /// Add the GPU-sized workloads (random weights): a Pythia-410M-shaped forward and training
+    /// step, and SmolLM2-shaped sampling when no `smollm2` file is given.
+    pub gpu: bool,
 }
 
 impl BenchArgs {
@@ -215,8 +260,9 @@ impl Job {
     }
 }
 
-/// Every job, in the order they run; SmolLM2's only with `smollm2`.
-fn jobs(smollm2: bool) -> Vec<Job> {
+/// Every job, in the order they run; SmolLM2's only with `smollm2`, the GPU-sized ones only
+/// with `gpu`.
+fn jobs(smollm2: bool, gpu: bool) -> Vec<Job> {
     let mut out = Vec::new();
     for w in workloads() {
         let (b, t) = (w.batch, w.seq);
@@ -246,6 +292,35 @@ fn jobs(smollm2: bool) -> Vec<Job> {
             kind,
         }));
     }
+    if gpu {
+        out.extend(gpu_jobs(smollm2));
+    }
+    out
+}
+
+/// The GPU-sized jobs: Pythia-410M's shape trained at 8x512, and SmolLM2's shape sampled
+/// (random weights, never stopping early) unless the real SmolLM2 is measured already.
+fn gpu_jobs(smollm2: bool) -> Vec<Job> {
+    let (b, t) = (8, 512);
+    let mut out: Vec<Job> = [Kind::Forward { b, t }, Kind::Train { b, t }]
+        .into_iter()
+        .map(|kind| Job {
+            model: "pythia-410m-shape",
+            cfg: Some(pythia_410m_shape()),
+            kind,
+        })
+        .collect();
+    if !smollm2 {
+        out.extend([1, 8, 32].map(|b| Job {
+            model: "SmolLM2-135M-shape",
+            cfg: Some(smollm2_shape()),
+            kind: Kind::Sample {
+                b,
+                prompt: 32,
+                new: 32,
+            },
+        }));
+    }
     out
 }
 
@@ -273,7 +348,7 @@ fn cached<'a>(
 
 /// Runs the benchmarks and prints one line per workload (with `list`, only their names).
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let jobs: Vec<Job> = jobs(args.smollm2.is_some())
+    let jobs: Vec<Job> = jobs(args.smollm2.is_some(), args.gpu)
         .into_iter()
         .filter(|j| args.wants(j.model, &j.workload()))
         .collect();
@@ -291,16 +366,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // One model per name, reused by its forward and sampling jobs; training builds its own.
     let mut loaded: Option<(&'static str, CausalLm)> = None;
     for job in &jobs {
-        let smol = job.cfg.is_none();
+        // SmolLM2 and larger: fewer repetitions (a training step takes seconds on a CPU).
+        let big = job.cfg.as_ref().is_none_or(|c| c.num_params() > 1e8);
+        let mut flops = None;
         let tps = match job.kind {
             Kind::Train { b, t } => {
                 let m = job_model(job, args, &device.clone().autodiff())?;
-                // SmolLM2: 1 warm-up and at most 3 timed steps (seconds each).
-                let (warmup, n) = if smol { (1, steps.min(3)) } else { (2, steps) };
+                flops = Some(train_flops_per_token(m.config(), t));
+                let (warmup, n) = if big { (1, steps.min(3)) } else { (2, steps) };
                 bench_train(m, b, t, warmup, n)
             }
             Kind::Forward { b, t } => {
-                let r = if smol { reps.min(3) } else { reps };
+                let r = if big { reps.min(3) } else { reps };
                 bench_forward(cached(&mut loaded, job, args, &device)?, b, t, r, &device)
             }
             Kind::Sample { b, prompt, new } => {
@@ -308,11 +385,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 rlhf_rollout::bench_sampling(model, b, prompt, new, 0)
             }
         };
-        report(
-            args.json,
-            &mut rows,
-            json!({"backend": backend, "model": job.model, "workload": job.workload(), "tokens_per_s": tps}),
-        );
+        let mut row = json!({"backend": backend, "model": job.model, "workload": job.workload(), "tokens_per_s": tps});
+        if let Some(f) = flops {
+            row["train_flops_per_token"] = json!(f);
+        }
+        report(args.json, &mut rows, row);
     }
     Ok(())
 }

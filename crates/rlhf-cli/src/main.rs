@@ -5,6 +5,7 @@
 //! Output formats of `score` and `generate` are a contract documented in docs/cli.md.
 
 mod assets;
+mod backends;
 mod bench;
 
 use std::path::PathBuf;
@@ -138,6 +139,13 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Which backends this binary has and whether each can run here (GPU backends are probed
+    /// with a test operation; a CPU Vulkan driver does not count as a GPU).
+    Backends {
+        /// One JSON object per backend.
+        #[arg(long)]
+        json: bool,
+    },
     /// Throughput benchmarks (forward, training step, sampling).
     Bench {
         /// Execution backend.
@@ -159,6 +167,10 @@ enum Cmd {
         /// Print the selected workloads' "model workload" names, one per line, and stop.
         #[arg(long)]
         list: bool,
+        /// Add the GPU-sized workloads (random weights): a Pythia-410M-shaped forward and
+        /// training step at 8x512, and SmolLM2-shaped sampling when --smollm2 is not given.
+        #[arg(long)]
+        gpu: bool,
     },
 }
 
@@ -240,6 +252,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Backends { json } => backends::run(json),
         Cmd::Bench {
             backend,
             quick,
@@ -247,6 +260,7 @@ fn main() -> Result<()> {
             json,
             only,
             list,
+            gpu,
         } => bench::run(&bench::BenchArgs {
             backend,
             quick,
@@ -254,6 +268,7 @@ fn main() -> Result<()> {
             json,
             only,
             list,
+            gpu,
         }),
     }
 }
