@@ -135,7 +135,7 @@ fn runs_a_sum(device: &Device, timeout: Duration) -> Result<(), String> {
     let panicked = quiet.first().map(|m| first_line(&m));
     drop(quiet);
     match answer {
-        Ok(Ok(v)) if v == 3.0 => Ok(()),
+        Ok(Ok(3.0)) => Ok(()),
         Ok(Ok(v)) => Err(format!("a test sum 1 + 2 gave {v}")),
         Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {
             Err(panicked.unwrap_or_else(|| "the test operation failed".into()))
