@@ -468,7 +468,12 @@ fn bench(tools: &Tools, backend: &str, deadline: Instant, gpu: Option<&str>) -> 
     let smollm2 = tools.root.join(crate::fetch::SMOLLM2_GGUF);
     let mut c = rlhf(tools);
     c.args(["bench", "--quick", "--json", "--gpu", "--backend", backend]);
-    c.args(["--only", "pythia-410m-shape", "--only", "SmolLM2-135M-shape sample"]);
+    c.args([
+        "--only",
+        "pythia-410m-shape",
+        "--only",
+        "SmolLM2-135M-shape sample",
+    ]);
     if smollm2.is_file() {
         c.arg("--smollm2").arg(&smollm2);
         c.args(["--only", "SmolLM2-135M sample"]);
