@@ -284,11 +284,8 @@ fn table(names: &[String], results: &[Value], rounds: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::words as args;
     use serde_json::json;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
 
     #[test]
     fn options_are_read_and_bad_ones_named() {

@@ -654,10 +654,7 @@ fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::words as args;
 
     #[test]
     fn options_are_read_and_bad_ones_named() {

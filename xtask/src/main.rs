@@ -139,6 +139,20 @@ pub(crate) fn rlhf(args: &[String]) -> Result<()> {
     run("rlhf", c)
 }
 
+/// Whether this process runs as root (and so may install packages with apt).
+pub(crate) fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Command-line words from string literals (for the option parsers' tests).
+#[cfg(test)]
+pub(crate) fn words(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 fn has_vulkan_driver() -> bool {
     Path::new("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json").exists()
         || Path::new("/usr/share/vulkan/icd.d")
@@ -151,11 +165,7 @@ fn ensure_lavapipe() -> Result<()> {
     if has_vulkan_driver() {
         return Ok(());
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !is_root {
+    if !is_root() {
         bail!(
             "no Vulkan driver found for the wgpu tests: install Mesa's lavapipe \
              (`sudo apt-get install mesa-vulkan-drivers libvulkan1`) or run `cargo xtask ci --no-wgpu`"

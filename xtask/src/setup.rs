@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{root, run};
+use crate::{is_root, root, run};
 
 /// The Debian packages: LLVM 22 (headers, static libraries, `llvm-config-22`), Polly's static
 /// libraries (Debian's `llvm-config --libs` names them) and the `.so` link name of zstd, which
@@ -96,13 +96,6 @@ fn ensure_llvm() -> Result<()> {
         bail!("{LLVM_CONFIG} --targets-built is `{targets}`: the CUDA backend needs NVPTX");
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn llvm_config(args: &[&str]) -> Result<String> {
