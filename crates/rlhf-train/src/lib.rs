@@ -12,6 +12,7 @@ pub mod batch;
 pub mod common;
 pub mod config;
 pub mod error;
+pub mod machine;
 pub mod manifest;
 pub mod metrics;
 pub mod offline;

@@ -72,10 +72,15 @@ pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, Trai
         format!("`{source}`")
     };
     let mut md = format!(
-        "# {}\n\nStages of {}, seed {}, this run {elapsed_s:.0} s. The resolved config is \
-         `config.toml` next to this report: `rlhf train config.toml` runs it again (to continue, \
-         or to check that nothing is left to do).\n\n",
-        spec.name, source, spec.seed
+        "# {}\n\nStages of {}, seed {}, this run {elapsed_s:.0} s on {}. The resolved config \
+         is `config.toml` next to this report: `rlhf train config.toml` runs it again (to \
+         continue, or to check that nothing is left to do). The same seed gives the same numbers \
+         on this kind of machine; a CPU with other vector extensions sums in another order and \
+         gives other numbers.\n\n",
+        spec.name,
+        source,
+        spec.seed,
+        crate::machine::describe()
     );
     let comp = super::compare::comparison(spec)?;
     if !comp.is_empty() {
