@@ -80,7 +80,9 @@ impl Drop for QuietPanics {
     }
 }
 
-/// Runs `f`, turning a panic into `Err(message)` without printing it.
+/// Runs `f`, turning a panic into `Err(message)` without printing it (the GPU probes' driver
+/// loaders panic where a driver is missing).
+#[cfg(any(feature = "cuda", feature = "wgpu", test))]
 pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let quiet = QuietPanics::start();
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
@@ -90,6 +92,7 @@ pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+#[cfg(any(feature = "cuda", feature = "wgpu", test))]
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()

@@ -1,8 +1,8 @@
 //! The machine a run was made on, in one line for its report: the CPU and the vector
 //! instructions the CPU kernels may choose between. Runs are bitwise reproducible on one kind
-//! of machine, but the same seed on a CPU with other vector units sums in another order, and
-//! training amplifies that (docs/results.md, "The same seed on another machine"), so a report
-//! says where its numbers come from.
+//! of machine, but the same seed gave other numbers on another machine (docs/results.md, "The
+//! same seed on another machine"; most likely the kernels' vector code sums in another order,
+//! and training amplifies it), so a report says where its numbers come from.
 
 /// `"AMD EPYC, x86_64, 2 threads, avx2 fma"`: the CPU's name where the OS tells it, the
 /// architecture, the threads available and the vector extensions the CPU has.

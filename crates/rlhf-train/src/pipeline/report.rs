@@ -75,8 +75,8 @@ pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, Trai
         "# {}\n\nStages of {}, seed {}, this run {elapsed_s:.0} s on {}. The resolved config \
          is `config.toml` next to this report: `rlhf train config.toml` runs it again (to \
          continue, or to check that nothing is left to do). The same seed gives the same numbers \
-         on this kind of machine; a CPU with other vector extensions sums in another order and \
-         gives other numbers.\n\n",
+         on this kind of machine, and may give other numbers on a CPU with other vector \
+         extensions (docs/results.md).\n\n",
         spec.name,
         source,
         spec.seed,
