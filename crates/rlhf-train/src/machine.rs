@@ -41,31 +41,27 @@ fn model_name(cpuinfo: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The names among `$feature` that the CPU has, by the architecture's detection macro (which
+/// takes only literal tokens, hence a macro rather than a loop over a table).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! detected {
+    ($detect:ident: $($feature:tt),+) => {{
+        let mut found = Vec::new();
+        $(if std::arch::$detect!($feature) {
+            found.push($feature);
+        })+
+        found
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 fn vector_extensions() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        v.push("avx512f");
-    }
-    if std::arch::is_x86_feature_detected!("avx2") {
-        v.push("avx2");
-    }
-    if std::arch::is_x86_feature_detected!("fma") {
-        v.push("fma");
-    }
-    v
+    detected!(is_x86_feature_detected: "avx512f", "avx2", "fma")
 }
 
 #[cfg(target_arch = "aarch64")]
 fn vector_extensions() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if std::arch::is_aarch64_feature_detected!("neon") {
-        v.push("neon");
-    }
-    if std::arch::is_aarch64_feature_detected!("sve") {
-        v.push("sve");
-    }
-    v
+    detected!(is_aarch64_feature_detected: "neon", "sve")
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
