@@ -18,6 +18,12 @@ use rlhf_backend::BackendKind;
 use rlhf_model::AttentionMask;
 use serde_json::json;
 
+/// mimalloc instead of the system allocator: a training step frees and allocates hundreds of
+/// activation-sized buffers, which glibc's malloc serves with fresh `mmap`s above its threshold
+/// (page faults and zeroing on every op). docs/benchmarks.md has the measurement.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rlhf",
