@@ -556,13 +556,10 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
             Ok(mut t) => t.remove("v").expect("parsed"),
             Err(_) => toml::Value::String(raw.trim().to_string()),
         };
-        let parts: Vec<&str> = key.split('.').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(TrainError::Override {
-                given: ov.clone(),
-                why: "empty key segment".into(),
-            });
-        }
+        let parts = key_path(key).map_err(|why| TrainError::Override {
+            given: ov.clone(),
+            why,
+        })?;
         let mut cur = &mut *table;
         for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
             let entry = cur
@@ -585,6 +582,54 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
         cur.insert(parts[parts.len() - 1].to_string(), value);
     }
     Ok(())
+}
+
+/// The segments of a dotted key as TOML writes them: `stages."entropy_0.02@lr1e-4".online.steps`
+/// is four segments. A segment is bare (anything but `.` and quotes) or quoted, in `"..."` (with
+/// `\\` and `\"` escapes) or `'...'` (literal), so a stage name with a dot can be addressed.
+pub fn key_path(key: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut chars = key.trim().chars().peekable();
+    loop {
+        let seg = match chars.peek().copied() {
+            Some(q @ ('"' | '\'')) => {
+                chars.next();
+                quoted_segment(&mut chars, q)?
+            }
+            _ => {
+                let mut bare = String::new();
+                while let Some(c) = chars.next_if(|c| !matches!(c, '.' | '"' | '\'')) {
+                    bare.push(c);
+                }
+                bare.trim().to_string()
+            }
+        };
+        if seg.is_empty() {
+            return Err("empty key segment".into());
+        }
+        parts.push(seg);
+        match chars.next() {
+            None => return Ok(parts),
+            Some('.') => {}
+            Some(c) => return Err(format!("expected `.` after a key segment, found `{c}`")),
+        }
+    }
+}
+
+/// The rest of a key segment opened by the quote `q`, up to and without its closing quote.
+fn quoted_segment(chars: &mut impl Iterator<Item = char>, q: char) -> Result<String, String> {
+    let mut seg = String::new();
+    loop {
+        match chars.next() {
+            None => return Err(format!("unterminated {q}-quoted key segment")),
+            Some(c) if c == q => return Ok(seg),
+            Some('\\') if q == '"' => match chars.next() {
+                Some(e @ ('"' | '\\')) => seg.push(e),
+                _ => return Err("a quoted key knows only the escapes \\\" and \\\\".into()),
+            },
+            Some(c) => seg.push(c),
+        }
+    }
 }
 
 fn parse_table(text: &str, source: &str) -> Result<toml::Table, TrainError> {
@@ -961,6 +1006,25 @@ mod tests {
         assert_eq!(cfg.optim.lr, 1e-6);
         assert_eq!(cfg.samples_per_prompt, 4);
         assert!(matches!(cfg.regularizer, Regularizer::Entropy(_)));
+    }
+
+    #[test]
+    fn key_paths_take_toml_quoted_segments() {
+        let k = key_path(r#"stages."entropy_0.02@lr1e-4".online.steps"#).unwrap();
+        assert_eq!(k, ["stages", "entropy_0.02@lr1e-4", "online", "steps"]);
+        assert_eq!(key_path("stages.'a.b'.x").unwrap(), ["stages", "a.b", "x"]);
+        assert_eq!(key_path(r#""q\"x".y"#).unwrap(), [r#"q"x"#, "y"]);
+        assert_eq!(key_path(" optim.lr ").unwrap(), ["optim", "lr"]);
+        for (bad, why) in [
+            ("a..b", "empty key segment"),
+            ("a.", "empty key segment"),
+            (r#"a."b"#, "unterminated"),
+            (r#"a."b"c"#, "expected `.`"),
+            (r#""\n""#, "escapes"),
+        ] {
+            let e = key_path(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -342,6 +342,33 @@ fn check_inputs(st: &StageSpec, at: &str) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// An override inside `stages.NAME.` must name a stage of the file: otherwise it would create a
+/// stage of its own, and the error would be about that stage's missing keys. (A whole new stage
+/// table, `stages.NAME={...}`, is let through.)
+fn check_stage_overrides(whole: &toml::Table, overrides: &[String]) -> Result<(), TrainError> {
+    let Some(toml::Value::Table(stages)) = whole.get("stages") else {
+        return Ok(());
+    };
+    for o in overrides {
+        let Some(Ok(path)) = o.split_once('=').map(|(k, _)| crate::config::key_path(k)) else {
+            continue; // malformed: apply_overrides says why
+        };
+        if path.len() > 2 && path[0] == "stages" && !stages.contains_key(&path[1]) {
+            let names: Vec<&str> = stages.keys().map(String::as_str).collect();
+            return Err(TrainError::Override {
+                given: o.clone(),
+                why: format!(
+                    "no stage `{}` (stages: {}); quote a name that has a dot: \
+                     stages.\"entropy_0.02@lr1e-4\".online.steps=60",
+                    path[1],
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses a `rlhf train` file's text. `path` is where it lives (relative paths are joined onto
 /// its folder), `overrides` are `--set` values, `cwd` resolves the paths they give.
 pub fn parse_pipeline(
@@ -399,6 +426,7 @@ pub fn parse_pipeline(
             .collect(),
         None => overrides.to_vec(),
     };
+    check_stage_overrides(&whole, &overrides)?;
     apply_overrides(&mut whole, &overrides)?;
     if let Some(toml::Value::Table(stages)) = whole.get_mut("stages") {
         for (_, t) in stages.iter_mut() {
@@ -837,6 +865,18 @@ regularizer = { type = "kl", coef = 0.1 }
         assert!(e.contains("needs a reward model"), "{e}");
         let e = err(PIPE, &["stages.sft.polcy=x"]);
         assert!(e.contains("polcy") && e.contains("[stages.sft]"), "{e}");
+        // A stage named with a dot is reached with a quoted key; unquoted, the error says so.
+        let dotted = PIPE.replace("[stages.rloo", "[stages.\"rloo@0.1\"");
+        let p = parse(&dotted, &[r#"stages."rloo@0.1".online.steps=9"#]).unwrap();
+        let StageConfig::Online(c) = &p.stages[2].config else {
+            panic!()
+        };
+        assert_eq!((p.stages[2].name.as_str(), c.steps), ("rloo@0.1", 9));
+        let e = err(&dotted, &["stages.rloo@0.1.online.steps=9"]);
+        assert!(
+            e.contains("no stage `rloo@0`") && e.contains("stages: sft, rm, rloo@0.1"),
+            "{e}"
+        );
         let e = err(PIPE, &["stages.sft.sft.stepz=1"]);
         assert!(e.contains("stepz"), "{e}");
         let e = err(PIPE, &["stages.sft.sft.steps=0"]);
