@@ -21,6 +21,10 @@ struct Manifest {
     steps: usize,
     /// Path relative to the stage folder (with `/`) -> sha256, hex.
     files: BTreeMap<String, String>,
+    /// Wall-clock seconds of the run that finished the stage (of its last part, when it was
+    /// resumed); not checked by [`verify`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wall_s: Option<f64>,
 }
 
 /// What [`verify`] found.
@@ -82,8 +86,9 @@ fn key(rel: &Path) -> String {
         .join("/")
 }
 
-/// Records the files of the finished stage `stage` (of `steps` steps) in `dir`.
-pub fn write(dir: &Path, stage: &str, steps: usize) -> Result<(), TrainError> {
+/// Records the files of the finished stage `stage` (of `steps` steps) in `dir`, and the wall
+/// time in seconds of the run that finished it when given.
+pub fn write(dir: &Path, stage: &str, steps: usize, wall_s: Option<f64>) -> Result<(), TrainError> {
     let mut files = BTreeMap::new();
     for rel in files_under(dir)? {
         files.insert(key(&rel), sha256_file(&dir.join(&rel))?);
@@ -92,9 +97,17 @@ pub fn write(dir: &Path, stage: &str, steps: usize) -> Result<(), TrainError> {
         stage: stage.into(),
         steps,
         files,
+        wall_s,
     };
     let text = serde_json::to_string_pretty(&m).expect("a manifest serialises");
     crate::common::write_atomically(&dir.join(FILE), &text)
+}
+
+/// The wall time the manifest in `dir` records, if it has one (none for a stage that never
+/// finished or a manifest from before wall times were recorded).
+pub fn wall_s(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+    serde_json::from_str::<Manifest>(&text).ok()?.wall_s
 }
 
 /// Checks `dir` against its manifest, expecting stage `stage` of `steps` steps.
@@ -164,4 +177,24 @@ pub fn weightless_checkpoint(dir: &Path) -> bool {
                 .filter_map(Result::ok)
                 .all(|e| e.file_name() == "progress.json")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_time_is_recorded_and_not_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+        write(dir.path(), "s", 3, Some(12.5)).unwrap();
+        assert_eq!(wall_s(dir.path()), Some(12.5));
+        assert_eq!(verify(dir.path(), "s", 3).unwrap(), Verdict::Intact);
+        // A manifest without a time (written before times were kept) still verifies.
+        write(dir.path(), "s", 3, None).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(!text.contains("wall_s"), "{text}");
+        assert_eq!(wall_s(dir.path()), None);
+        assert_eq!(verify(dir.path(), "s", 3).unwrap(), Verdict::Intact);
+    }
 }

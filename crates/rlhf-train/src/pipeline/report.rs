@@ -139,7 +139,38 @@ pub fn write_report(spec: &PipelineSpec, elapsed_s: f64) -> Result<PathBuf, Trai
         }
         md.push('\n');
     }
+    md.push_str(&time_by_stage(spec));
     let report = spec.out.join("report.md");
     crate::common::write_atomically(&report, &md)?;
     Ok(report)
+}
+
+/// The report's table of each finished stage's wall time (from its manifest) and its share of
+/// their sum; empty when no stage recorded one.
+fn time_by_stage(spec: &PipelineSpec) -> String {
+    let rows: Vec<(&str, &str, f64)> = spec
+        .stages
+        .iter()
+        .filter_map(|st| {
+            let s = crate::manifest::wall_s(&spec.out.join(&st.name))?;
+            Some((st.name.as_str(), st.config.kind(), s))
+        })
+        .collect();
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    if rows.is_empty() || total <= 0.0 {
+        return String::new();
+    }
+    let mut md = format!(
+        "## Time by stage\n\nWall time of the run that finished each stage (its manifest's; a \
+         stage skipped in this run keeps the time of the run that made it), {total:.0} s in \
+         all:\n\n| stage | kind | seconds | share |\n|---|---|---|---|\n"
+    );
+    for (name, kind, s) in rows {
+        md.push_str(&format!(
+            "| {name} | {kind} | {s:.1} | {:.0}% |\n",
+            100.0 * s / total
+        ));
+    }
+    md.push('\n');
+    md
 }

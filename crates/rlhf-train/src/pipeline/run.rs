@@ -195,7 +195,12 @@ pub fn run_pipeline(
         if opts.live {
             eprintln!("[{}] {} stage", st.name, st.config.kind());
         }
+        let stage_started = std::time::Instant::now();
         run_one(spec, i, &plain, opts)?;
+        let wall_s = stage_started.elapsed().as_secs_f64();
+        if opts.live {
+            eprintln!("[{}] {wall_s:.1} s", st.name);
+        }
         let done = if st.config.makes_model() {
             finished(&dir, st)
         } else {
@@ -205,7 +210,7 @@ pub fn run_pipeline(
             if st.config.makes_model() {
                 prune_checkpoint(&dir)?;
             }
-            crate::manifest::write(&dir, &st.name, st.config.steps())?;
+            crate::manifest::write(&dir, &st.name, st.config.steps(), Some(wall_s))?;
             verified.insert(st.name.as_str());
         }
         trained += 1;
