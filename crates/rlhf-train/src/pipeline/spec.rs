@@ -413,7 +413,9 @@ pub fn parse_pipeline(
                     return o.clone(); // malformed: reported as given
                 };
                 let key = key.trim();
-                let first = key.split('.').next().unwrap_or("");
+                // The first segment as `--set` reads it (quoted segments too).
+                let path = crate::config::key_path(key).unwrap_or_default();
+                let first = path.first().map_or("", String::as_str);
                 if TOP_KEYS.contains(&key) || first == "task" {
                     o.clone()
                 } else if INPUT_KEYS.contains(&first) || first == kind {
@@ -828,6 +830,16 @@ regularizer = { type = "kl", coef = 0.1 }
             panic!()
         };
         assert_eq!((c.steps, c.optim.lr), (7, 1e-7));
+        // A quoted first segment is read as `--set` reads it.
+        let p = parse(
+            "policy = \"m\"\ndata = \"d.jsonl\"\n[offline]\n",
+            &[r#""offline".steps=8"#],
+        )
+        .unwrap();
+        let StageConfig::Offline(c) = &p.stages[0].config else {
+            panic!()
+        };
+        assert_eq!(c.steps, 8);
     }
 
     #[test]
