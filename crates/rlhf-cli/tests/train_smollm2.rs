@@ -1,13 +1,13 @@
 //! The end-to-end test of `rlhf train` on SmolLM2-135M-Instruct (the GGUF `cargo xtask fetch
 //! smollm2` brings) and data/tiny-en: the pipeline configs/smollm2-tiny-en.toml (SFT, two reward
 //! models with `init = "policy"`, DPO, SimPO, RLOO with a KL penalty and with an entropy bonus),
-//! 2-3 steps each. The slow test of the suite: about 6 minutes on 2 cores (see the closing
-//! lines it prints). Skipped, saying so, when the GGUF is absent.
+//! two steps each. The slow test of the suite: 7 to 10 minutes on 2 cores in the dev build
+//! (see the closing line it prints). Skipped, saying so, when the GGUF is absent.
 //!
 //! Asserted: every metric finite; the loss of a repeated batch goes down (SFT and DPO train on
 //! one batch of 4); each exported final folder loads back bit-identically and the stage's
 //! checkpoint is pruned to its progress record; `rlhf generate --model FOLDER --prompt` works
-//! on it; a re-run does nothing; the DPO stage killed with SIGKILL mid-run and resumed writes
+//! on it; a re-run does nothing; the SFT stage killed with SIGKILL mid-run and resumed writes
 //! the same metrics and the same weights as the uninterrupted run; bad data and a judge with
 //! another vocabulary are named errors. The scratch folder (several GB) is removed at the end,
 //! also when the test fails.
@@ -171,13 +171,13 @@ fn smollm2_pipeline_end_to_end() {
     // The repeated batch: SFT and DPO losses go down.
     let sft = metrics(&run.join("sft/metrics.jsonl"));
     assert!(
-        train_loss(&sft, 3) < train_loss(&sft, 1),
+        train_loss(&sft, 2) < train_loss(&sft, 1),
         "SFT loss did not go down"
     );
     let dpo = metrics(&run.join("dpo/metrics.jsonl"));
     assert!((train_loss(&dpo, 1) - std::f64::consts::LN_2).abs() < 1e-3);
     assert!(
-        train_loss(&dpo, 3) < train_loss(&dpo, 1),
+        train_loss(&dpo, 2) < train_loss(&dpo, 1),
         "DPO loss did not go down"
     );
     // The judge logs gold scores for DPO and the KL arm.
@@ -222,19 +222,12 @@ fn smollm2_pipeline_end_to_end() {
         "{err}"
     );
 
-    // SIGKILL in the middle of DPO (checkpoint every step), then resume: same metrics.
+    // SIGKILL in the middle of SFT (checkpoint every step; killed once step 1 is logged, so
+    // during its checkpoint or step 2), then resume: same metrics, same weights. SFT, the
+    // cheapest stage here: the resume of DPO with its reference model and judge is the tiny
+    // pipeline's test (train_tiny.rs).
     let t1 = Instant::now();
     let kill = tmp.join("kill");
-    std::fs::create_dir_all(&kill).unwrap();
-    for s in ["sft", "rm", "judge"] {
-        let st = Command::new("cp")
-            .arg("-al")
-            .arg(run.join(s))
-            .arg(kill.join(s))
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
     let kill_cmd = || {
         let mut c = rlhf();
         c.arg("train")
@@ -242,38 +235,38 @@ fn smollm2_pipeline_end_to_end() {
             .arg("--out")
             .arg(&kill)
             .args(sets(1))
-            .args(["--stages", "dpo", "--quiet"]);
+            .args(["--stages", "sft", "--quiet"]);
         c
     };
     let mut child = kill_cmd().stdout(Stdio::null()).spawn().unwrap();
-    let m = kill.join("dpo/metrics.jsonl");
+    let m = kill.join("sft/metrics.jsonl");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let text = std::fs::read_to_string(&m).unwrap_or_default();
-        if text.contains("\"step\":2") {
+        if text.contains("\"loss\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "DPO never reached step 2");
+        assert!(Instant::now() < deadline, "SFT never reached step 1");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "DPO ended before it was killed"
+            "SFT ended before it was killed"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!kill.join("dpo/final").exists(), "killed before the end");
+    assert!(!kill.join("sft/final").exists(), "killed before the end");
     let st = kill_cmd().status().unwrap();
     assert!(st.success(), "resume failed");
     assert_eq!(
         deterministic(metrics(&m)),
-        deterministic(dpo.clone()),
-        "resumed DPO metrics differ from the uninterrupted run's"
+        deterministic(sft.clone()),
+        "resumed SFT metrics differ from the uninterrupted run's"
     );
     assert!(
-        check_export(&kill.join("dpo"))
-            == read_safetensors(&run.join("dpo/final/model.safetensors")).unwrap(),
-        "the resumed DPO export differs from the uninterrupted run's"
+        check_export(&kill.join("sft"))
+            == read_safetensors(&run.join("sft/final/model.safetensors")).unwrap(),
+        "the resumed SFT export differs from the uninterrupted run's"
     );
     let t_kill = t1.elapsed();
 
@@ -317,7 +310,7 @@ fn smollm2_pipeline_end_to_end() {
         "{e}"
     );
     eprintln!(
-        "smollm2 pipeline: {:.0} s, kill and resume of DPO: {:.0} s, whole test: {:.0} s",
+        "smollm2 pipeline: {:.0} s, kill and resume of SFT: {:.0} s, whole test: {:.0} s",
         t_pipeline.as_secs_f64(),
         t_kill.as_secs_f64(),
         t0.elapsed().as_secs_f64()
