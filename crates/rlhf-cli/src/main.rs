@@ -461,6 +461,10 @@ struct TrainArgs {
     /// `<out>-quick` unless --out is given (docs/cli.md).
     #[arg(long)]
     quick: bool,
+    /// Train up to N stages at once, each as soon as the stages it uses are complete (the
+    /// file's `jobs`, default 1); results do not depend on it.
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
 }
 
 fn train(args: TrainArgs) -> Result<()> {
@@ -473,8 +477,12 @@ fn train(args: TrainArgs) -> Result<()> {
         stages: only,
         stop_after,
         quick,
+        jobs,
     } = args;
     let rename_out = out.is_none();
+    if let Some(n) = jobs {
+        sets.push(format!("jobs={n}"));
+    }
     if let Some(o) = out {
         let o = std::path::absolute(&o).with_context(|| format!("--out {}", o.display()))?;
         sets.push(format!("out={}", toml_string(&o.display().to_string())));

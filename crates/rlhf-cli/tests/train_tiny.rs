@@ -1,7 +1,8 @@
 //! `rlhf train` on the tiny oracle Llama (HF folder input, a `tokenizer` key): a four-stage
 //! pipeline (SFT, reward model from the SFT backbone, DPO with the reward model as judge, RLOO
 //! against it) in seconds, without SmolLM2. Asserted: it runs; a run stopped in the middle of
-//! DPO and resumed writes the same metrics as an uninterrupted run; a second run of the same file
+//! DPO and resumed writes the same metrics as an uninterrupted run, and so does a run that
+//! trains DPO and RLOO at once (`--jobs`); a second run of the same file
 //! and seed writes the same metrics (wall-clock keys aside); a changed config over a trained stage
 //! is refused.
 
@@ -107,6 +108,24 @@ fn tiny_pipeline_resumes_and_reproduces() {
     assert!(
         a.iter().any(|m| m.get("eval/gold/win_rate").is_some()),
         "no judge lines"
+    );
+
+    // With `--jobs 3`, DPO and RLOO (both wait only for SFT and the reward model) train side
+    // by side, to the same metrics.
+    let (ok, err) = train(&file, &dir.join("c"), &["--jobs", "3"]);
+    assert!(ok, "{err}");
+    let line = |p: &dyn Fn(&str) -> bool| err.lines().position(p).unwrap_or(usize::MAX);
+    let rloo_starts = line(&|l| l == "[rloo] online stage");
+    let dpo_ends = line(&|l| {
+        l.strip_prefix("[dpo] ")
+            .and_then(|t| t.strip_suffix(" s"))
+            .is_some_and(|t| t.parse::<f64>().is_ok())
+    });
+    assert!(rloo_starts < dpo_ends && dpo_ends < usize::MAX, "{err}");
+    assert_eq!(
+        all_metrics(&dir.join("c")),
+        a,
+        "stages trained at once differ"
     );
 
     // Stopped after DPO step 2 (checkpoint), then resumed: the same metrics as run `a`.

@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::metrics::{Metrics, live_line};
 
@@ -34,7 +34,7 @@ impl Progress {
     pub fn new(stage: &str, total: usize, start: usize, verbosity: Verbosity) -> Self {
         let quiet = verbosity == Verbosity::Quiet;
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            let b = bars().add(ProgressBar::new(total as u64));
             let style = ProgressStyle::with_template(
                 "{prefix} [{bar:28}] {pos}/{len} {per_sec} eta {eta} {msg}",
             )
@@ -109,6 +109,18 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Every stage's bar, drawn together on stderr: stages that train at once (a pipeline's
+/// `jobs`) each keep a line.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// A line on stderr that does not break the bars of stages still training.
+pub fn note(text: &str) {
+    bars().suspend(|| eprintln!("{text}"));
 }
 
 /// The bar's message: the live line without its stage and step.

@@ -160,10 +160,19 @@ fn time_by_stage(spec: &PipelineSpec) -> String {
     if rows.is_empty() || total <= 0.0 {
         return String::new();
     }
+    let overlap = if spec.jobs > 1 {
+        format!(
+            "; up to {} stages trained at once (`jobs`), so a run of them all takes less than \
+             the sum",
+            spec.jobs
+        )
+    } else {
+        String::new()
+    };
     let mut md = format!(
         "## Time by stage\n\nWall time of the run that finished each stage (its manifest's; a \
-         stage skipped in this run keeps the time of the run that made it), {total:.0} s in \
-         all:\n\n| stage | kind | seconds | share |\n|---|---|---|---|\n"
+         stage skipped in this run keeps the time of the run that made it), {total:.0} s \
+         summed{overlap}:\n\n| stage | kind | seconds | share |\n|---|---|---|---|\n"
     );
     for (name, kind, s) in rows {
         md.push_str(&format!(

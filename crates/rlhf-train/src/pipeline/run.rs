@@ -52,12 +52,13 @@ pub struct PipelineOutput {
 /// The stage's identity: its resolved TOML and the sha256 of its data files. A stage folder
 /// made with another identity is never resumed or reused.
 fn fingerprint(spec: &PipelineSpec, st: &StageSpec) -> Result<String, TrainError> {
-    // Where the run lives and what it is called are not part of a stage's identity (a finished
-    // stage folder may be copied into another run).
+    // Where the run lives, what it is called and how many stages train at once are not part
+    // of a stage's identity (a finished stage folder may be copied into another run).
     let one = PipelineSpec {
         stages: vec![st.clone()],
         name: String::new(),
         out: PathBuf::new(),
+        jobs: 1,
         ..spec.clone()
     };
     let mut text = one.to_toml();
@@ -155,66 +156,12 @@ pub fn run_pipeline(
             ),
         });
     }
-    let mut trained = 0;
-    let mut verified = std::collections::HashSet::new();
-    for (i, st) in spec.stages.iter().enumerate() {
+    for st in &spec.stages {
         let dir = spec.out.join(&st.name);
         rlhf_model::recover_folder(&dir.join("final"))?;
         rlhf_model::recover_folder(&dir.join("checkpoint"))?;
-        let selected = opts.only.as_ref().is_none_or(|o| o.contains(&st.name));
-        if !selected {
-            continue;
-        }
-        for dep in super::spec::dependencies(st) {
-            let ddir = spec.out.join(dep);
-            let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
-            let steps = dst.config.steps();
-            // A stage checked or trained earlier in this run is not hashed again.
-            let intact = verified.contains(dep) || crate::manifest::usable(&ddir, dep, steps)?;
-            if !(intact && finished(&ddir, dst)) {
-                return Err(TrainError::Mismatch {
-                    what: format!(
-                        "stage `{}` uses stage `{dep}`, which is not complete in {}; run it \
-                         first",
-                        st.name,
-                        spec.out.display()
-                    ),
-                });
-            }
-        }
-        claim(&dir, &fingerprint(spec, st)?)?;
-        // A finished stage is skipped only when its files match its manifest; otherwise it
-        // says why and trains again.
-        if crate::manifest::usable(&dir, &st.name, st.config.steps())? && finished(&dir, st) {
-            verified.insert(st.name.as_str());
-            if opts.live {
-                eprintln!("[{}] complete, skipped", st.name);
-            }
-            continue;
-        }
-        if opts.live {
-            eprintln!("[{}] {} stage", st.name, st.config.kind());
-        }
-        let stage_started = std::time::Instant::now();
-        run_one(spec, i, &plain, opts)?;
-        let wall_s = stage_started.elapsed().as_secs_f64();
-        if opts.live {
-            eprintln!("[{}] {wall_s:.1} s", st.name);
-        }
-        let done = if st.config.makes_model() {
-            finished(&dir, st)
-        } else {
-            true // a stage that writes files has written them all when it returns
-        };
-        if done {
-            if st.config.makes_model() {
-                prune_checkpoint(&dir)?;
-            }
-            crate::manifest::write(&dir, &st.name, st.config.steps(), Some(wall_s))?;
-            verified.insert(st.name.as_str());
-        }
-        trained += 1;
     }
+    let trained = run_stages(spec, opts, &plain)?;
     if trained == 0 && opts.live {
         eprintln!(
             "nothing to do: every stage of {} is complete",
@@ -227,6 +174,166 @@ pub fn run_pipeline(
         report,
         trained,
     })
+}
+
+/// What a finished stage thread reports: its index and its wall time, or why it failed.
+type Finished = (usize, Result<f64, TrainError>);
+
+/// Runs the selected stages in file order, up to `spec.jobs` at once: a stage starts when
+/// no stage it uses is still waiting or training. After a failure no new stage starts; the
+/// ones training finish (keeping their checkpoints) and the first error is returned. Returns
+/// how many stages trained.
+fn run_stages(
+    spec: &PipelineSpec,
+    opts: &TrainOptions,
+    plain: &Device,
+) -> Result<usize, TrainError> {
+    let selected = |i: &usize| {
+        let name = &spec.stages[*i].name;
+        opts.only.as_ref().is_none_or(|o| o.contains(name))
+    };
+    let mut waiting: Vec<usize> = (0..spec.stages.len()).filter(selected).collect();
+    let mut busy: Vec<usize> = Vec::new();
+    let mut verified = std::collections::HashSet::new();
+    let (mut trained, mut failure) = (0, None);
+    let (tx, rx) = std::sync::mpsc::channel::<Finished>();
+    std::thread::scope(|scope| {
+        loop {
+            while failure.is_none() && busy.len() < spec.jobs.max(1) {
+                let blocked = |i: &usize| {
+                    super::spec::dependencies(&spec.stages[*i]).iter().any(|d| {
+                        waiting
+                            .iter()
+                            .chain(&busy)
+                            .any(|&j| spec.stages[j].name == *d)
+                    })
+                };
+                let Some(pos) = waiting.iter().position(|i| !blocked(i)) else {
+                    break;
+                };
+                let i = waiting.remove(pos);
+                match prepare(spec, i, &verified, opts) {
+                    Ok(true) => {
+                        busy.push(i);
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let _ = tx.send((i, train_stage(spec, i, plain, opts)));
+                        });
+                    }
+                    Ok(false) => {
+                        verified.insert(spec.stages[i].name.as_str());
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if busy.is_empty() {
+                break;
+            }
+            let (i, result) = rx.recv().expect("every stage thread reports");
+            busy.retain(|&j| j != i);
+            match result.and_then(|wall_s| conclude(spec, i, wall_s, opts)) {
+                Ok(done) => {
+                    trained += 1;
+                    if done {
+                        verified.insert(spec.stages[i].name.as_str());
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(trained),
+    }
+}
+
+/// Before stage `i` trains: the stages it uses are complete, its folder is its own. `false`
+/// when it is complete already (its files match its manifest) and is skipped.
+fn prepare(
+    spec: &PipelineSpec,
+    i: usize,
+    verified: &std::collections::HashSet<&str>,
+    opts: &TrainOptions,
+) -> Result<bool, TrainError> {
+    let st = &spec.stages[i];
+    let dir = spec.out.join(&st.name);
+    for dep in super::spec::dependencies(st) {
+        let ddir = spec.out.join(dep);
+        let dst = spec.stages.iter().find(|s| s.name == dep).expect("checked");
+        let steps = dst.config.steps();
+        // A stage checked or trained earlier in this run is not hashed again.
+        let intact = verified.contains(dep) || crate::manifest::usable(&ddir, dep, steps)?;
+        if !(intact && finished(&ddir, dst)) {
+            return Err(TrainError::Mismatch {
+                what: format!(
+                    "stage `{}` uses stage `{dep}`, which is not complete in {}; run it first",
+                    st.name,
+                    spec.out.display()
+                ),
+            });
+        }
+    }
+    claim(&dir, &fingerprint(spec, st)?)?;
+    // A finished stage is skipped only when its files match its manifest; otherwise it says
+    // why and trains again.
+    if crate::manifest::usable(&dir, &st.name, st.config.steps())? && finished(&dir, st) {
+        if opts.live {
+            crate::progress::note(&format!("[{}] complete, skipped", st.name));
+        }
+        return Ok(false);
+    }
+    if opts.live {
+        crate::progress::note(&format!("[{}] {} stage", st.name, st.config.kind()));
+    }
+    Ok(true)
+}
+
+/// Trains stage `i` (on its own thread when stages run at once); returns its wall time. A
+/// panic becomes an error, so that the stages beside it are waited for and nothing hangs.
+fn train_stage(
+    spec: &PipelineSpec,
+    i: usize,
+    plain: &Device,
+    opts: &TrainOptions,
+) -> Result<f64, TrainError> {
+    let started = std::time::Instant::now();
+    let run = std::panic::AssertUnwindSafe(|| run_one(spec, i, plain, opts));
+    match std::panic::catch_unwind(run) {
+        Ok(r) => r.map(|()| started.elapsed().as_secs_f64()),
+        Err(_) => Err(TrainError::Mismatch {
+            what: format!(
+                "stage `{}` panicked (its message is above); its last checkpoint is kept",
+                spec.stages[i].name
+            ),
+        }),
+    }
+}
+
+/// After stage `i` trained: prunes its checkpoint and writes its manifest when it is complete
+/// (a stage stopped early by `stop_after` is not). Returns whether it is complete.
+fn conclude(
+    spec: &PipelineSpec,
+    i: usize,
+    wall_s: f64,
+    opts: &TrainOptions,
+) -> Result<bool, TrainError> {
+    let st = &spec.stages[i];
+    let dir = spec.out.join(&st.name);
+    if opts.live {
+        crate::progress::note(&format!("[{}] {wall_s:.1} s", st.name));
+    }
+    // A stage that writes files has written them all when it returns.
+    let done = !st.config.makes_model() || finished(&dir, st);
+    if done {
+        if st.config.makes_model() {
+            prune_checkpoint(&dir)?;
+        }
+        crate::manifest::write(&dir, &st.name, st.config.steps(), Some(wall_s))?;
+    }
+    Ok(done)
 }
 
 fn decoder(text: &TextAssets) -> Decoder {

@@ -38,7 +38,7 @@ const PATH_KEYS: [&str; 8] = [
 const KEYWORDS: [&str; 5] = ["synthetic", "bytes", "init", "judge", "reviews"];
 
 /// The file's own keys (a single-stage file's other keys belong to its stage).
-const TOP_KEYS: [&str; 4] = ["name", "seed", "out", "task"];
+const TOP_KEYS: [&str; 5] = ["name", "seed", "out", "jobs", "task"];
 
 /// Every key of [`StageInputs`].
 const INPUT_KEYS: [&str; 17] = [
@@ -179,6 +179,10 @@ pub struct PipelineSpec {
     pub out: PathBuf,
     /// The seed every stage's seed derives from.
     pub seed: u64,
+    /// How many stages may train at once, each as soon as the stages it uses are complete
+    /// (default 1: one after another). Not part of any stage's identity: a stage's results do
+    /// not depend on what runs beside it.
+    pub jobs: usize,
     /// The built-in synthetic task (`tokenizer`/`judge = "synthetic"`, `[synthetic]` stages).
     pub task: SyntheticConfig,
     /// Stages in run order.
@@ -479,6 +483,16 @@ fn from_whole(
         Some(toml::Value::String(s)) => PathBuf::from(s),
         Some(v) => return Err(cfg_err(source, format!("`out` = {v}: expected a path"))),
     };
+    let jobs = match whole.remove("jobs") {
+        None => 1,
+        Some(toml::Value::Integer(i)) if i >= 1 => i as usize,
+        Some(v) => {
+            return Err(cfg_err(
+                source,
+                format!("`jobs` = {v}: expected an integer >= 1 (stages trained at once)"),
+            ));
+        }
+    };
     let task = match whole.remove("task") {
         None => SyntheticConfig::default(),
         Some(v) => {
@@ -501,7 +515,7 @@ fn from_whole(
         return Err(cfg_err(
             source,
             format!(
-                "unknown top-level key `{k}`: expected `name`, `seed`, `out`, [task] and \
+                "unknown top-level key `{k}`: expected `name`, `seed`, `out`, `jobs`, [task] and \
                  [stages.NAME] tables (or a single stage's keys)"
             ),
         ));
@@ -517,6 +531,7 @@ fn from_whole(
         name,
         out,
         seed,
+        jobs,
         task,
         stages,
         source: path.to_path_buf(),
@@ -719,6 +734,9 @@ impl PipelineSpec {
         whole.insert("name".into(), self.name.clone().into());
         whole.insert("seed".into(), (self.seed as i64).into());
         whole.insert("out".into(), self.out.display().to_string().into());
+        if self.jobs != 1 {
+            whole.insert("jobs".into(), (self.jobs as i64).into());
+        }
         if self.task != SyntheticConfig::default() {
             let t = toml::Table::try_from(&self.task).expect("the task serialises");
             whole.insert("task".into(), toml::Value::Table(t));
@@ -808,6 +826,29 @@ regularizer = { type = "kl", coef = 0.1 }
         .unwrap();
         assert_eq!(again.stages, p.stages);
         assert_eq!((again.name, again.out), (p.name, p.out));
+    }
+
+    #[test]
+    fn jobs_is_read_checked_and_written_back_only_when_set() {
+        let p = parse(PIPE, &[]).unwrap();
+        assert_eq!(p.jobs, 1);
+        assert!(!p.to_toml().contains("jobs"));
+        let p = parse(PIPE, &["jobs=3"]).unwrap();
+        assert_eq!(p.jobs, 3);
+        let again = parse_pipeline(
+            &p.to_toml(),
+            Path::new("/cfg/run.toml"),
+            &[],
+            Path::new("/"),
+        );
+        assert_eq!(again.unwrap().jobs, 3);
+        for bad in ["jobs=0", "jobs=-1", "jobs=\"2\""] {
+            let e = parse(PIPE, &[bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("`jobs`") && e.contains("integer >= 1"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
