@@ -161,6 +161,9 @@ pub struct StudyConfig {
     pub checkpoint_every: usize,
     /// Best-of-n from the SFT policy against the proxy.
     pub best_of_n: BonSizes,
+    /// Stages trained at once (the pipeline's `jobs`): 2 by default, since one stage of this
+    /// small model keeps about one core busy; the results do not depend on it.
+    pub jobs: usize,
 }
 
 fn seq_entropy(alpha: f64) -> Regularizer {
@@ -259,12 +262,16 @@ impl Default for StudyConfig {
                     ..OptimConfig::default()
                 },
             },
-            // 300 steps at lr 1e-4 (docs/task.md, "The online arms"): long enough for the
-            // arms without a KL anchor to rise and then fall, which at 200 steps they had not
-            // yet done; lr 2e-4 collapses them without a rise, lr 3e-5 barely moves them.
+            // 64 prompts x 2 samples per step, 200 steps at lr 1e-4 (docs/task.md, "The online
+            // arms"). At 16 prompts per step the gradient's noise moved the arms without a KL
+            // anchor away from SFT about as fast as the proxy's signal, so they rose by at most
+            // +0.12 before they fell; at 64 (seed 0) they rise by +0.11 to +0.17 and fall below
+            // SFT by step 180. lr 2e-4 collapses them without a rise, even at 64 prompts. Two
+            // stages train at once (`jobs`), so that four times the samples per step fit the
+            // study's 10 minutes on 2 cores (docs/benchmarks.md).
             online: OnlineConfig {
-                steps: 300,
-                prompts_per_step: 16,
+                steps: 200,
+                prompts_per_step: 64,
                 samples_per_prompt: 2,
                 max_new_tokens: 24,
                 sampling: Sampling::temperature(0.7),
@@ -278,10 +285,10 @@ impl Default for StudyConfig {
                 // (Gao et al. score policy samples): RL optimises the sampling distribution,
                 // and on this task greedy decoding of SFT is already near what RL can reach
                 // (docs/results.md). 384 prompts: the standard error of a sampled mean gold
-                // is below 0.05 (SFT's samples spread by about 0.85). Every 30 steps (11
-                // points per curve) keeps the default study within 10 minutes on 2 cores.
+                // is below 0.05 (SFT's samples spread by about 0.85). Every 20 steps: 11
+                // points per curve.
                 eval: crate::config::EvalConfig {
-                    every: 30,
+                    every: 20,
                     num_prompts: 384,
                     decoding: crate::config::EvalDecoding::Sampled,
                     ..Default::default()
@@ -329,6 +336,7 @@ impl Default for StudyConfig {
             learning_rates: vec![1e-4],
             checkpoint_every: 0,
             best_of_n: BonSizes::default(),
+            jobs: 2,
         }
     }
 }
@@ -346,6 +354,7 @@ impl StudyConfig {
         self.dpo.steps = 40;
         self.simpo.steps = 40;
         self.online.steps = 12;
+        self.online.prompts_per_step = 16;
         self.online.eval.every = 4;
         self.online.eval.num_prompts = 32;
         self.best_of_n = BonSizes {
@@ -390,6 +399,13 @@ impl StudyConfig {
                     expected: "at least 1: every stage of the study needs its examples".into(),
                 });
             }
+        }
+        if self.jobs == 0 {
+            return Err(TrainError::Config {
+                field: "jobs".into(),
+                value: "0".into(),
+                expected: "an integer >= 1 (stages trained at once)".into(),
+            });
         }
         if self.out_dir.as_os_str().is_empty() {
             return Err(TrainError::Config {
@@ -640,6 +656,7 @@ impl StudyConfig {
             name: self.name.clone(),
             out: self.out_dir.join(&self.name),
             seed: self.seed,
+            jobs: self.jobs,
             task: self.task.clone(),
             stages,
             source: PathBuf::from("<built-in study>"),
